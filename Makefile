@@ -1,0 +1,165 @@
+# eav: durable task execution on PostgreSQL.  See README.md.
+#
+#   make            build into build/ (SANITIZE=1: ASan+UBSan into build/asan)
+#   make run        install missing packages, build, start eavd on ./var
+#   make stop       stop the private cluster under ./var
+#   make check      the whole test suite (sanitized) on a private cluster
+#   make valgrind   the worker and supervisor suites under valgrind
+#   make install    PREFIX=/usr/local DESTDIR=
+
+ifeq ($(origin CC),default)
+CC	= gcc
+endif
+PREFIX	?= /usr/local
+VERSION	:= $(shell cat VERSION)
+
+ifeq ($(SANITIZE),1)
+BUILD	?= build/asan
+OPT	= -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	  -fno-sanitize-recover=undefined
+LDSAN	= -fsanitize=address,undefined
+else
+BUILD	?= build
+OPT	= -O2 -g -D_FORTIFY_SOURCE=2 -fstack-protector-strong
+LDSAN	=
+endif
+
+WARN	= -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
+	  -Wshadow -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2 \
+	  -Wformat-security -Wno-missing-field-initializers
+PKGS	= libpq libevent jansson inih libsystemd
+CFLAGS	+= -std=c11 -D_GNU_SOURCE -DEAV_VERSION='"$(VERSION)"' $(OPT) $(WARN) \
+	   -fPIE -MMD -MP -Icommon -Iinject \
+	   $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDFLAGS	+= -pie -Wl,-z,relro,-z,now $(LDSAN)
+LDLIBS	= $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+
+COMMON_SRCS =	common/clock.c \
+		common/reconnect.c \
+		common/config.c \
+		common/db.c \
+		common/log.c \
+		common/migrate.c \
+		common/spawn.c \
+		common/xalloc.c \
+		inject/inject.c
+SUPERVISOR_SRCS = supervisor/main.c \
+		supervisor/child.c \
+		supervisor/notify.c \
+		supervisor/policy.c \
+		supervisor/reconcile.c \
+		supervisor/sdb.c
+WORKER_SRCS =	worker/main.c \
+		worker/conn.c \
+		worker/cycle.c \
+		worker/tools.c
+PRODUCER_SRCS =	producer/main.c \
+		producer/ingest.c
+CTL_SRCS =	ctl/main.c \
+		ctl/cmd_task.c \
+		ctl/cmd_status.c \
+		ctl/table.c
+TEST_SRCS =	tests/check_main.c \
+		tests/harness.c \
+		tests/check_config.c \
+		tests/check_schema.c \
+		tests/check_transitions.c \
+		tests/check_claim.c \
+		tests/check_producer.c \
+		tests/check_supervisor.c \
+		tests/check_crash.c \
+		tests/check_ctl.c
+
+SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
+GEN	= $(BUILD)/gen/sql_embed.c
+
+obj	= $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+LIB	= $(BUILD)/libeavcommon.a
+BINS	= $(BUILD)/bin/eavd $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
+	  $(BUILD)/bin/eavctl
+TESTBIN	= $(BUILD)/bin/check_eav
+
+.PHONY: all run stop check check-build valgrind install uninstall clean deps \
+	lint
+all: $(BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -c -o $@ $<
+
+$(GEN): $(SQL) scripts/embed-sql.sh
+	@mkdir -p $(dir $@)
+	scripts/embed-sql.sh $@ $(SQL)
+
+$(BUILD)/obj/gen/sql_embed.o: $(GEN)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(call obj,$(COMMON_SRCS)) $(BUILD)/obj/gen/sql_embed.o
+	$(AR) rcs $@ $^
+
+$(BUILD)/bin/eavd: $(call obj,$(SUPERVISOR_SRCS)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/eav-worker: $(call obj,$(WORKER_SRCS)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/eav-producer: $(call obj,$(PRODUCER_SRCS)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/eavctl: $(call obj,$(CTL_SRCS)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(call obj,$(TEST_SRCS)): CFLAGS += $(CHECK_CFLAGS) -Itests
+$(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+deps:
+	@scripts/deps.sh
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run.sh
+
+stop:
+	@scripts/cluster.sh stop
+
+check-build: $(BINS) $(TESTBIN)
+
+check: deps
+	@$(MAKE) --no-print-directory SANITIZE=1 check-build
+	@tests/run.sh build/asan
+
+valgrind: deps
+	@$(MAKE) --no-print-directory check-build
+	@EAV_VALGRIND=1 tests/run.sh build
+
+lint:
+	@scripts/lint.sh
+
+install: $(BINS)
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin \
+	    $(DESTDIR)$(PREFIX)/lib/eav $(DESTDIR)/etc/eav
+	install -m 755 $(BUILD)/bin/eavd $(DESTDIR)$(PREFIX)/sbin/eavd
+	install -m 755 $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
+	    $(DESTDIR)$(PREFIX)/lib/eav/
+	install -m 755 $(BUILD)/bin/eavctl $(DESTDIR)$(PREFIX)/bin/eavctl
+	install -m 644 eav.conf.example $(DESTDIR)/etc/eav/eav.conf.example
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/eavd $(DESTDIR)$(PREFIX)/bin/eavctl
+	rm -rf $(DESTDIR)$(PREFIX)/lib/eav
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,280 @@
+/*
+ * Every libpq result is checked against the status its statement expects,
+ * classified by SQLSTATE and cleared on every path unless handed to the
+ * caller (who then owns it and must PQclear it).  Errors are logged once,
+ * here, with the statement name; callers decide what a status means.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "db.h"
+#include "log.h"
+
+struct db_stmt_def {
+	const char	*name;
+	const char	*sql;
+	int		 nparams;
+};
+
+static const struct db_stmt_def stmts[DB_NSTMTS] = {
+#define DB_STMT(id, sql, n) [id] = { #id, sql, n },
+#include "db_stmts.def"
+#undef DB_STMT
+};
+
+static enum db_status	db_prepare(struct db *, enum db_stmt);
+static void		db_notice(void *, const char *);
+static int		out_of_conn(struct db *);
+
+/* True (with a message) when there is no connection to use. */
+static int
+out_of_conn(struct db *db)
+{
+	if (db->conn != NULL)
+		return 0;
+	snprintf(db->errmsg, sizeof(db->errmsg), "not connected");
+	db->sqlstate[0] = '\0';
+	return 1;
+}
+
+/* Returns the SQL text of a statement. */
+const char *
+db_stmt_sql(enum db_stmt s)
+{
+	return stmts[s].sql;
+}
+
+/* Returns the number of parameters of a statement. */
+int
+db_stmt_nparams(enum db_stmt s)
+{
+	return stmts[s].nparams;
+}
+
+/* Returns a status as a word for logs. */
+const char *
+db_status_name(enum db_status st)
+{
+	static const char *const names[] = { "ok", "retry", "connection lost",
+	    "bad input", "refused", "fatal" };
+
+	return names[st];
+}
+
+/* Server notices (e.g. pg_terminate_backend warnings) go to debug. */
+static void
+db_notice(void *arg, const char *msg)
+{
+	(void)arg;
+	log_debug("postgres: %s", msg);
+}
+
+/*
+ * Connects; the DSN may override our defaults but not the
+ * application_name, which identifies the process to reconciliation.
+ * Returns 0, or -1 with the reason in db->errmsg.
+ */
+int
+db_connect(struct db *db, const char *dsn, const char *appname)
+{
+	const char *const keys[] = { "connect_timeout", "dbname",
+	    "application_name", NULL };
+	const char *const vals[] = { "10", dsn, appname, NULL };
+
+	db_close(db);
+	snprintf(db->appname, sizeof(db->appname), "%s", appname);
+	db->conn = PQconnectdbParams(keys, vals, 1);
+	if (db->conn == NULL || PQstatus(db->conn) != CONNECTION_OK) {
+		snprintf(db->errmsg, sizeof(db->errmsg), "%s",
+		    db->conn ? PQerrorMessage(db->conn) : "out of memory");
+		db->errmsg[strcspn(db->errmsg, "\n")] = '\0';
+		db_close(db);
+		return -1;
+	}
+	PQsetNoticeProcessor(db->conn, db_notice, NULL);
+	db->backend_pid = PQbackendPID(db->conn);
+	return 0;
+}
+
+/* Closes the connection and forgets prepared statements. */
+void
+db_close(struct db *db)
+{
+	if (db->conn != NULL)
+		PQfinish(db->conn);
+	db->conn = NULL;
+	memset(db->prepared, 0, sizeof(db->prepared));
+}
+
+/* True if a connection is open and not known to be broken. */
+int
+db_is_connected(const struct db *db)
+{
+	return db->conn != NULL && PQstatus(db->conn) == CONNECTION_OK;
+}
+
+/*
+ * Classifies a result (or NULL); logs failures at the appropriate level.
+ * The result is not cleared.
+ */
+enum db_status
+db_classify(struct db *db, const PGresult *res, const char *what)
+{
+	ExecStatusType	 st;
+	const char	*state, *msg;
+
+	st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+		db->sqlstate[0] = '\0';
+		db->errmsg[0] = '\0';
+		return DB_OK;
+	}
+	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	if (msg == NULL)
+		msg = PQerrorMessage(db->conn);
+	snprintf(db->sqlstate, sizeof(db->sqlstate), "%s",
+	    state ? state : "");
+	snprintf(db->errmsg, sizeof(db->errmsg), "%s", msg);
+	db->errmsg[strcspn(db->errmsg, "\n")] = '\0';
+
+	if (PQstatus(db->conn) == CONNECTION_BAD || state == NULL ||
+	    strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+	    strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0) {
+		log_warnx("%s: connection lost: %s", what, db->errmsg);
+		return DB_CONN_LOST;
+	}
+	if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0) {
+		log_info("%s: will retry: %s", what, db->errmsg);
+		return DB_RETRY;
+	}
+	if (strncmp(state, "EA", 2) == 0) {
+		log_debug("%s: refused: %s (%s)", what, db->errmsg, state);
+		return DB_REFUSED;
+	}
+	if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
+	    strncmp(state, "54", 2) == 0) {
+		log_debug("%s: bad input: %s (%s)", what, db->errmsg, state);
+		return DB_BADINPUT;
+	}
+	log_error("%s failed: %s (%s)", what, db->errmsg, state);
+	return DB_FATAL;
+}
+
+static enum db_status
+db_prepare(struct db *db, enum db_stmt s)
+{
+	PGresult	*res;
+	enum db_status	 st;
+
+	if (db->prepared[s])
+		return DB_OK;
+	res = PQprepare(db->conn, stmts[s].name, stmts[s].sql,
+	    stmts[s].nparams, NULL);
+	st = db_classify(db, res, stmts[s].name);
+	PQclear(res);
+	if (st == DB_OK)
+		db->prepared[s] = 1;
+	return st;
+}
+
+/*
+ * Runs a statement with its parameters.  With out != NULL and DB_OK, the
+ * result is handed over and the caller must PQclear it.
+ */
+enum db_status
+db_call(struct db *db, enum db_stmt s, const char *const *params,
+    PGresult **out)
+{
+	enum db_status	 st;
+
+	if ((st = db_send(db, s, params)) != DB_OK)
+		return st;
+	return db_finish(db, s, out);
+}
+
+/* Sends a prepared statement without waiting for its result. */
+enum db_status
+db_send(struct db *db, enum db_stmt s, const char *const *params)
+{
+	enum db_status	 st;
+
+	if (out_of_conn(db))
+		return DB_CONN_LOST;
+	if ((st = db_prepare(db, s)) != DB_OK)
+		return st;
+	if (!PQsendQueryPrepared(db->conn, stmts[s].name, stmts[s].nparams,
+	    params, NULL, NULL, 0))
+		return db_classify(db, NULL, stmts[s].name);
+	return DB_OK;
+}
+
+/*
+ * Sends a statement unprepared (one round trip, no PQprepare), for a
+ * non-blocking connection that cannot wait for a prepare.
+ */
+enum db_status
+db_send_params(struct db *db, enum db_stmt s, const char *const *params)
+{
+	if (out_of_conn(db))
+		return DB_CONN_LOST;
+	if (!PQsendQueryParams(db->conn, stmts[s].sql, stmts[s].nparams,
+	    NULL, params, NULL, NULL, 0))
+		return db_classify(db, NULL, stmts[s].name);
+	return DB_OK;
+}
+
+/* Waits for the result of what db_send sent; see db_call for out. */
+enum db_status
+db_finish(struct db *db, enum db_stmt s, PGresult **out)
+{
+	PGresult	*res, *extra;
+	enum db_status	 st;
+
+	res = PQgetResult(db->conn);
+	while ((extra = PQgetResult(db->conn)) != NULL)
+		PQclear(extra);
+	st = db_classify(db, res, stmts[s].name);
+	if (st == DB_OK && out != NULL)
+		*out = res;
+	else
+		PQclear(res);
+	return st;
+}
+
+/*
+ * Runs a fixed command (BEGIN, COMMIT, LISTEN x) given as a literal by the
+ * db_exec() macro: never data.
+ */
+enum db_status
+db_exec_literal(struct db *db, const char *literal)
+{
+	PGresult	*res;
+	enum db_status	 st;
+
+	if (out_of_conn(db))
+		return DB_CONN_LOST;
+	res = PQexecParams(db->conn, literal, 0, NULL, NULL, NULL, NULL, 0);
+	st = db_classify(db, res, literal);
+	PQclear(res);
+	return st;
+}
+
+/* Reads pending input and discards notifications; returns how many. */
+int
+db_drain_notifies(struct db *db)
+{
+	PGnotify	*n;
+	int		 count = 0;
+
+	if (db->conn == NULL)
+		return 0;
+	while ((n = PQnotifies(db->conn)) != NULL) {
+		PQfreemem(n);
+		count++;
+	}
+	return count;
+}

@@ -1,0 +1,12 @@
+/*
+ * The one fork+exec recipe of eav (house style rule 14): used by eavd for
+ * its children, and by tools that run programs.
+ */
+#ifndef EAV_COMMON_SPAWN_H
+#define EAV_COMMON_SPAWN_H
+
+#include <sys/types.h>
+
+pid_t	spawn_child(const char *, char *const [], int, int);
+
+#endif

@@ -1,0 +1,61 @@
+/* eavctl status and eavctl migrate. */
+#include <stdio.h>
+
+#include "ctl.h"
+#include "exitcode.h"
+#include "migrate.h"
+
+/* eavctl status: children, queue depths, open alarms. */
+int
+cmd_status(struct ctl *ctl, int argc, char **argv)
+{
+	static const char *const phdr[] = { "node", "kind", "slot", "pid",
+	    "state", "restarts", "uptime", "last_exit" };
+	static const char *const qhdr[] = { "queue", "ready", "scheduled",
+	    "running", "held", "oldest_ready" };
+	static const char *const ahdr[] = { "alarm", "severity", "type",
+	    "subject", "state", "count", "message" };
+	PGresult	*res;
+	int		 r;
+
+	(void)argv;
+	if (argc != 1)
+		return ctl_usage("status");
+	if ((r = ctl_call(ctl, DB_STATUS_PROCESSES, NULL, &res)) != 0)
+		return r;
+	printf("processes:\n");
+	table_print(res, phdr, 2);
+	PQclear(res);
+	if ((r = ctl_call(ctl, DB_STATUS_QUEUES, NULL, &res)) != 0)
+		return r;
+	printf("\nqueues:\n");
+	table_print(res, qhdr, 2);
+	PQclear(res);
+	if ((r = ctl_call(ctl, DB_STATUS_ALARMS, NULL, &res)) != 0)
+		return r;
+	printf("\nopen alarms:\n");
+	table_print(res, ahdr, 2);
+	PQclear(res);
+	return 0;
+}
+
+/* eavctl migrate: applies the migrations this binary carries. */
+int
+cmd_migrate(struct ctl *ctl, int argc, char **argv)
+{
+	int	applied, r;
+
+	(void)argv;
+	if (argc != 1)
+		return ctl_usage("migrate");
+	if ((r = ctl_connect(ctl)) != 0)
+		return r;
+	if (migrate_apply(&ctl->db, &applied) == -1) {
+		fprintf(stderr, "eavctl: migration failed: %s\n",
+		    ctl->db.errmsg);
+		return EAV_EXIT_FATAL;
+	}
+	printf("%d migration(s) applied; schema at version %d\n", applied,
+	    eav_migrations[eav_migration_count - 1].version);
+	return 0;
+}

@@ -1,0 +1,48 @@
+/*
+ * eavctl: the operator's command line.  Every command calls the same SQL
+ * functions as psql users do, with the operator as the audited actor.
+ * Exit codes: 0 done, 2 bad usage or input refused by eav (one line on
+ * stderr), 1 anything else (e.g. the database cannot be reached).
+ */
+#ifndef EAV_CTL_CTL_H
+#define EAV_CTL_CTL_H
+
+#include <libpq-fe.h>
+
+#include "db.h"
+
+struct ctl {
+	struct db	 db;
+	const char	*dsn;
+	char		 actor[160];
+};
+
+struct ctl_cmd {
+	const char	*name;
+	int		(*fn)(struct ctl *, int, char **);
+	const char	*usage;
+};
+
+/* main.c */
+int	ctl_fail(struct ctl *, enum db_status);
+int	ctl_usage(const char *);
+int	ctl_connect(struct ctl *);
+int	ctl_call(struct ctl *, enum db_stmt, const char *const *, PGresult **);
+
+/* cmd_task.c */
+int	cmd_enqueue(struct ctl *, int, char **);
+int	cmd_tasks(struct ctl *, int, char **);
+int	cmd_show(struct ctl *, int, char **);
+int	cmd_retry(struct ctl *, int, char **);
+int	cmd_cancel(struct ctl *, int, char **);
+int	cmd_resolve(struct ctl *, int, char **);
+int	cmd_event(struct ctl *, int, char **);
+
+/* cmd_status.c */
+int	cmd_status(struct ctl *, int, char **);
+int	cmd_migrate(struct ctl *, int, char **);
+
+/* table.c */
+void	table_print(PGresult *, const char *const *, int);
+
+#endif

@@ -1,0 +1,36 @@
+/*
+ * Failure injection points.  INJECT() costs one predictable branch while
+ * nothing is armed, so the points stay in production builds: operators
+ * rehearse failures on the binaries they run.
+ */
+#ifndef EAV_INJECT_INJECT_H
+#define EAV_INJECT_INJECT_H
+
+#include <stddef.h>
+
+enum inject_point {
+#define INJECT_POINT(id, name) id,
+#include "points.def"
+#undef INJECT_POINT
+	INJ_NPOINTS
+};
+
+enum inject_result {
+	INJECT_PASS = 0,	/* carry on */
+	INJECT_ERROR,		/* the caller takes its error path */
+	INJECT_DROP		/* the caller drops its database connection */
+};
+
+extern volatile int	inject_armed;
+
+int		 inject_init_env(char *, size_t);
+int		 inject_arm(const char *, char *, size_t);
+int		 inject_fire(enum inject_point, long long, const char *);
+const char	*inject_point_name(enum inject_point);
+long		 inject_fired(enum inject_point);
+
+#define INJECT(p, step, tool)						\
+	(__builtin_expect(inject_armed, 0) ?				\
+	    inject_fire((p), (step), (tool)) : INJECT_PASS)
+
+#endif

@@ -1,0 +1,115 @@
+/*
+ * Reconciliation requests of the running supervisor: after a worker's
+ * death (its steps become explicit unknown outcomes within milliseconds,
+ * instead of waiting for a lease), and a periodic sweep that catches any
+ * step of this incarnation owned by a pid that is no longer a live child.
+ * Both are guarded by claim epoch in SQL, so running one twice, or both,
+ * reconciles an attempt at most once.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <event2/event.h>
+
+#include "clock.h"
+#include "log.h"
+#include "supervisor.h"
+
+static void	reconcile_done(struct sup *, void *, PGresult *,
+		    enum db_status);
+static void	sweep_cb(evutil_socket_t, short, void *);
+static void	sweep_done(struct sup *, void *, PGresult *, enum db_status);
+
+static void
+reconcile_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
+{
+	struct child	*c = arg;
+	char		 name[32];
+	long long	 n;
+
+	c->busy = 0;
+	if (st != DB_OK)
+		log_error("reconciling %s pid %d failed: the sweep will "
+		    "retry", child_name(c, name, sizeof(name)),
+		    (int)c->dead_pid);
+	else if ((n = strtoll(PQgetvalue(res, 0, 0), NULL, 10)) > 0) {
+		sup->reconciled += n;
+		log_notice("reconciled %lld step(s) of %s pid %d: %s", n,
+		    child_name(c, name, sizeof(name)), (int)c->dead_pid,
+		    PQgetvalue(res, 0, 1));
+	}
+	policy_after_reconcile(c);
+}
+
+/* Reconciles a dead child's running steps, then resumes its policy. */
+void
+reconcile_child(struct child *c)
+{
+	struct sup	*sup = c->sup;
+	char		 inc[24], pid[16];
+	const char	*params[3] = { sup->cfg.node_name, inc, pid };
+
+	if (c->kind != KIND_WORKER || c->dead_pid == 0) {
+		policy_after_reconcile(c);
+		return;
+	}
+	snprintf(inc, sizeof(inc), "%lld", sup->incarnation);
+	snprintf(pid, sizeof(pid), "%d", (int)c->dead_pid);
+	c->busy = 1;
+	sdb_submit(sup->db, DB_RECONCILE_WORKER, params, reconcile_done, c, 1);
+}
+
+static void
+sweep_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
+{
+	long long	n;
+
+	(void)arg;
+	sup->sweeping = 0;
+	if (st != DB_OK)
+		return;
+	if ((n = strtoll(PQgetvalue(res, 0, 0), NULL, 10)) > 0) {
+		sup->reconciled += n;
+		log_notice("sweep reconciled %lld orphaned step(s)", n);
+	}
+	if (sup->state == SUP_STOPPING)
+		sup_check_stopped(sup);
+}
+
+static void
+sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sup	*sup = arg;
+	char		 inc[24], pids[1024];
+	const char	*params[3] = { sup->cfg.node_name, inc, pids };
+
+	(void)fd;
+	(void)what;
+	if (sup->sweeping)
+		return;
+	snprintf(inc, sizeof(inc), "%lld", sup->incarnation);
+	(void)child_live_pids(sup, pids, sizeof(pids));
+	sup->sweeping = 1;
+	sdb_submit(sup->db, DB_RECONCILE_SWEEP, params, sweep_done, NULL, 0);
+}
+
+/* Arms the periodic sweep (and, at shutdown, runs one last time). */
+void
+reconcile_sweep_start(struct sup *sup)
+{
+	struct timeval	tv = clock_tv(sup->cfg.sweep_interval);
+
+	if (sup->sweep_ev == NULL) {
+		sup->sweep_ev = event_new(sup->base, -1, EV_PERSIST, sweep_cb,
+		    sup);
+		if (sup->sweep_ev == NULL)
+			fatalx("cannot create the sweep timer");
+	}
+	if (sup->state == SUP_STOPPING) {
+		event_del(sup->sweep_ev);
+		sweep_cb(-1, 0, sup);
+		return;
+	}
+	if (event_add(sup->sweep_ev, &tv) == -1)
+		fatalx("cannot add the sweep timer");
+}

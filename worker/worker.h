@@ -1,0 +1,96 @@
+/*
+ * eav-worker: claims steps in batches, runs their tools on one libevent
+ * loop, and completes them in batches, always presenting the claim epoch.
+ */
+#ifndef EAV_WORKER_WORKER_H
+#define EAV_WORKER_WORKER_H
+
+#include "compat.h"
+
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "config.h"
+#include "db.h"
+#include "reconnect.h"
+
+enum step_outcome {
+	OUT_NONE,	/* tool still running */
+	OUT_SUCCEEDED,
+	OUT_FAILED,	/* permanent */
+	OUT_RETRY,	/* retryable failure */
+	OUT_RELEASE,	/* never had an effect: give it back */
+	OUT_LEDGER	/* in-database tool: effect and completion at flush */
+};
+
+struct worker;
+
+struct step {
+	TAILQ_ENTRY(step)	 entry;
+	struct worker		*w;
+	long long		 id;
+	long long		 task_id;
+	long long		 epoch;
+	int			 attempt;
+	char			*tool;
+	char			*builtin;
+	json_t			*input;
+	struct event		*timer;
+	enum step_outcome	 outcome;
+	json_t			*result;
+	char			*error;
+};
+
+TAILQ_HEAD(step_list, step);
+
+struct worker {
+	struct eav_config	 cfg;
+	int			 slot;
+	char			 node[64];
+	long long		 incarnation;
+	char			 actor[160];
+	char			*queues;	/* text[] literal or NULL */
+
+	struct event_base	*base;
+	struct db		 db;
+	struct event		*db_ev;
+	struct event		*cycle_ev;
+	struct event		*poll_ev;
+	struct event		*ctl_ev;
+	struct event		*sig_ev[3];
+
+	struct step_list	 running;
+	struct step_list	 done;
+	int			 nrunning;
+	int			 ndone;
+
+	struct reconnect	 reconnect;
+	int			 stopping;
+	int			 old_backend;
+};
+
+/* conn.c */
+void	conn_init(struct worker *);
+int	conn_open(struct worker *);
+void	conn_lost(struct worker *);
+
+/* cycle.c */
+void	cycle_init(struct worker *);
+void	cycle_run(struct worker *);
+void	cycle_wake(struct worker *);
+int	cycle_flush(struct worker *);
+void	step_free(struct step *);
+void	step_finish(struct step *, enum step_outcome, json_t *,
+	    const char *);
+
+/* tools.c */
+void	tool_start(struct worker *, struct step *);
+int	tool_cancel(struct step *);
+
+/* main.c */
+void	worker_stop(struct worker *, const char *);
+void	worker_maybe_exit(struct worker *);
+
+#endif

@@ -61,7 +61,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_task.c \
 		ctl/cmd_status.c \
 		ctl/table.c
-TEST_SRCS =	tests/check_main.c \
+TEST_SRCS ?=	tests/check_main.c \
 		tests/harness.c \
 		tests/check_config.c \
 		tests/check_schema.c \

@@ -17,12 +17,25 @@
 
 #include "spawn.h"
 
-static void	spawn_exec(const char *, char *const [], int, int, pid_t)
+static void	spawn_exec(const char *, char *const [],
+		    const struct spawn_io *, int, int, pid_t)
 		    __attribute__((noreturn));
+static int	spawn_dup(int, int);
+
+/* Puts fd on target (clearing close-on-exec); -1 leaves target alone. */
+static int
+spawn_dup(int fd, int target)
+{
+	if (fd < 0)
+		return 0;
+	if (fd == target)
+		return fcntl(fd, F_SETFD, 0);
+	return dup2(fd, target) == -1 ? -1 : 0;
+}
 
 static void
-spawn_exec(const char *path, char *const argv[], int ctl_fd, int pdeathsig,
-    pid_t parent)
+spawn_exec(const char *path, char *const argv[], const struct spawn_io *io,
+    int ctl_fd, int pdeathsig, pid_t parent)
 {
 	struct sigaction	sa;
 	sigset_t		none;
@@ -40,25 +53,25 @@ spawn_exec(const char *path, char *const argv[], int ctl_fd, int pdeathsig,
 		_exit(127);
 	if (getppid() != parent)
 		_exit(127);
-	if (ctl_fd >= 0) {
-		if (ctl_fd != 3 && dup2(ctl_fd, 3) == -1)
-			_exit(127);
-		if (ctl_fd == 3 && fcntl(3, F_SETFD, 0) == -1)
-			_exit(127);
-		closefrom(4);
-	} else
-		closefrom(3);
+	if (io != NULL && (spawn_dup(io->in, STDIN_FILENO) == -1 ||
+	    spawn_dup(io->out, STDOUT_FILENO) == -1 ||
+	    spawn_dup(io->err, STDERR_FILENO) == -1))
+		_exit(127);
+	if (spawn_dup(ctl_fd, 3) == -1)
+		_exit(127);
+	closefrom(ctl_fd >= 0 ? 4 : 3);
 	execv(path, argv);
 	_exit(127);
 }
 
 /*
- * Starts path with argv; ctl_fd (or -1) becomes the child's fd 3, and
- * pdeathsig (or 0) is sent to the child when this process dies.  Returns
- * the child's pid, or -1 with errno set.
+ * Starts path with argv; io (or NULL) gives its standard descriptors,
+ * ctl_fd (or -1) becomes its fd 3, and pdeathsig (or 0) is sent to it when
+ * this process dies.  Returns the child's pid, or -1 with errno set.
  */
 pid_t
-spawn_child(const char *path, char *const argv[], int ctl_fd, int pdeathsig)
+spawn_child(const char *path, char *const argv[], const struct spawn_io *io,
+    int ctl_fd, int pdeathsig)
 {
 	sigset_t	all, old;
 	pid_t		pid, parent = getpid();
@@ -69,7 +82,7 @@ spawn_child(const char *path, char *const argv[], int ctl_fd, int pdeathsig)
 		return -1;
 	pid = fork();
 	if (pid == 0)
-		spawn_exec(path, argv, ctl_fd, pdeathsig, parent);
+		spawn_exec(path, argv, io, ctl_fd, pdeathsig, parent);
 	saved = errno;
 	(void)sigprocmask(SIG_SETMASK, &old, NULL);
 	errno = saved;

@@ -7,6 +7,14 @@
 
 #include <sys/types.h>
 
-pid_t	spawn_child(const char *, char *const [], int, int);
+/* Descriptors for the child's stdin, stdout and stderr; -1 inherits. */
+struct spawn_io {
+	int	in;
+	int	out;
+	int	err;
+};
+
+pid_t	spawn_child(const char *, char *const [], const struct spawn_io *,
+	    int, int);
 
 #endif

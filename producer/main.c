@@ -116,11 +116,17 @@ producer_free(struct producer *p)
 {
 	struct event	*evs[] = { p->sig_ev[0], p->sig_ev[1], p->ctl_ev,
 			    p->poll_ev, p->cycle_ev, p->demo_ev, p->db_ev };
+	sigset_t	 block;
 	size_t		 i;
 
-	/* A late second signal must not kill us while we tidy up. */
-	signal(SIGTERM, SIG_IGN);
-	signal(SIGINT, SIG_IGN);
+	/*
+	 * A late second signal must not kill us while we tidy up; blocked,
+	 * since freeing a signal event restores the default disposition.
+	 */
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	(void)sigprocmask(SIG_BLOCK, &block, NULL);
 
 	for (i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i] != NULL)

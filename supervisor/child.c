@@ -140,7 +140,7 @@ child_spawn(struct child *c)
 		return -1;
 	}
 	/* A worker whose supervisor died has nobody to reconcile it. */
-	c->pid = spawn_child(path, argv, sv[1], SIGKILL);
+	c->pid = spawn_child(path, argv, NULL, sv[1], SIGKILL);
 	close(sv[1]);
 	if (c->pid == -1) {
 		log_warn("%s: cannot spawn %s", child_name(c, name,

@@ -159,11 +159,17 @@ worker_maybe_exit(struct worker *w)
 static void
 worker_free(struct worker *w)
 {
-	size_t	i;
+	sigset_t	block;
+	size_t		i;
 
-	/* A late second signal must not kill us while we tidy up. */
-	signal(SIGTERM, SIG_IGN);
-	signal(SIGINT, SIG_IGN);
+	/*
+	 * A late second signal must not kill us while we tidy up; blocked,
+	 * since freeing a signal event restores the default disposition.
+	 */
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	(void)sigprocmask(SIG_BLOCK, &block, NULL);
 
 	for (i = 0; i < sizeof(w->sig_ev) / sizeof(w->sig_ev[0]); i++)
 		if (w->sig_ev[i] != NULL)

@@ -1,0 +1,85 @@
+/*
+ * Test harness: every suite runs against the real PostgreSQL cluster that
+ * tests/run.sh starts, each test in a fresh database made from a migrated
+ * template.  Crash tests run the real binaries and kill them for real.
+ * Waiting is always a poll with a deadline, never a bare sleep.
+ */
+#ifndef EAV_TESTS_HARNESS_H
+#define EAV_TESTS_HARNESS_H
+
+#include <sys/types.h>
+
+#include <check.h>
+#include <libpq-fe.h>
+
+#define TH_TIMEOUT_MS	20000	/* default deadline of a wait */
+
+struct th_db {
+	char	 name[64];
+	char	 dsn[512];
+	PGconn	*conn;
+};
+
+struct th_eavd {
+	pid_t	 pid;
+	char	 conf[256];
+	char	 log[256];
+};
+
+/* Paths and settings from tests/run.sh. */
+char		*th_bin(const char *);
+const char	*th_root(void);
+const char	*th_tmpdir(void);
+
+/* Databases. */
+void		 th_db_new(struct th_db *);
+void		 th_db_empty(struct th_db *);
+void		 th_db_free(struct th_db *);
+PGconn		*th_connect(const char *);
+
+/*
+ * SQL with text parameters (n of them, as const char *).  th_exec asserts
+ * success and returns the result (caller PQclears); th_ll and th_str
+ * return the single value of a one-row result (th_str: caller frees,
+ * NULL for SQL NULL); th_err asserts failure and returns
+ * "SQLSTATE: message" in a static buffer.
+ */
+PGresult	*th_exec(PGconn *, const char *, int, ...);
+long long	 th_ll(PGconn *, const char *, int, ...);
+char		*th_str(PGconn *, const char *, int, ...);
+const char	*th_err(PGconn *, const char *, int, ...);
+
+/* Polls sql (which must return one boolean) every 5 ms until it is true. */
+int		 th_wait(PGconn *, int, const char *, int, ...);
+
+/* eavd under test: config file, start, readiness, stop. */
+void		 th_eavd_conf(struct th_eavd *, const struct th_db *,
+		    const char *);
+void		 th_eavd_start(struct th_eavd *);
+int		 th_eavd_wait_up(struct th_eavd *, PGconn *, int, int);
+int		 th_eavd_stop(struct th_eavd *, int, int);
+int		 th_waitpid(pid_t, int);
+int		 th_log_contains(const struct th_eavd *, const char *);
+int		 th_file_contains(const char *, const char *);
+
+/* Runs a program (argv[0] is a path) and returns its wait status;
+ * output goes to out (or the test's stdout when NULL). */
+int		 th_run(char *const [], const char *);
+
+/* Restarts the test cluster with pg_ctl restart -m fast. */
+void		 th_pg_restart_fast(void);
+
+/*
+ * One Suite per file.  Weak, so a runner can be linked with a subset of
+ * the files (make TEST_SRCS=...); a missing suite is skipped.
+ */
+Suite	*suite_config(void) __attribute__((weak));
+Suite	*suite_schema(void) __attribute__((weak));
+Suite	*suite_transitions(void) __attribute__((weak));
+Suite	*suite_claim(void) __attribute__((weak));
+Suite	*suite_producer(void) __attribute__((weak));
+Suite	*suite_supervisor(void) __attribute__((weak));
+Suite	*suite_crash(void) __attribute__((weak));
+Suite	*suite_ctl(void) __attribute__((weak));
+
+#endif

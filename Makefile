@@ -135,13 +135,15 @@ stop:
 
 check-build: $(BINS) $(TESTBIN)
 
-check: deps
+check:
+	@scripts/deps.sh check
 	@$(MAKE) --no-print-directory SANITIZE=1 check-build
 	@tests/run.sh build/asan
 
-valgrind: deps
-	@$(MAKE) --no-print-directory check-build
-	@EAV_VALGRIND=1 tests/run.sh build
+valgrind:
+	@scripts/deps.sh valgrind
+	@$(MAKE) --no-print-directory all
+	@tests/valgrind.sh build
 
 lint:
 	@scripts/lint.sh

@@ -1,10 +1,12 @@
 /*
  * eav-producer: started by eavd as
- *   eav-producer -n NODE -i INCARNATION -s SLOT [-f eav.conf]
- * with its control socket on fd 3 (EOF: eavd is gone).  SIGTERM and
+ *   eav-producer -n NODE -i INCARNATION -s SLOT [-f eav.conf] [--demo]
+ * with its control socket on fd 3 (EOF: eavd is gone).  --demo turns the
+ * demo load on whatever producer.demo says.  SIGTERM and
  * SIGINT end it after the current batch; an open batch is rolled back.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +22,8 @@
 #include "producer.h"
 
 static void	usage(void) __attribute__((noreturn));
-static void	producer_args(struct producer *, int, char **, const char **);
+static void	producer_args(struct producer *, int, char **, const char **,
+		    int *);
 static void	producer_events(struct producer *);
 static void	producer_stop_cb(evutil_socket_t, short, void *);
 static void	producer_ctl_cb(evutil_socket_t, short, void *);
@@ -30,18 +33,27 @@ static void
 usage(void)
 {
 	fprintf(stderr, "usage: eav-producer -n node -i incarnation -s slot "
-	    "[-f config]\n");
+	    "[-f config] [--demo]\n");
 	exit(EAV_EXIT_USAGE);
 }
 
 static void
-producer_args(struct producer *p, int argc, char **argv, const char **cfg)
+producer_args(struct producer *p, int argc, char **argv, const char **cfg,
+    int *demo)
 {
+	static const struct option longopts[] = {
+		{ "demo", no_argument, NULL, 'D' },
+		{ NULL, 0, NULL, 0 }
+	};
 	int	ch;
 
 	p->slot = -1;
-	while ((ch = getopt(argc, argv, "f:i:n:s:")) != -1) {
+	while ((ch = getopt_long(argc, argv, "f:i:n:s:", longopts,
+	    NULL)) != -1) {
 		switch (ch) {
+		case 'D':
+			*demo = 1;
+			break;
 		case 'f':
 			*cfg = optarg;
 			break;
@@ -143,9 +155,10 @@ main(int argc, char **argv)
 	struct producer	 p;
 	const char	*cfgpath = NULL;
 	char		 err[512];
+	int		 demo = 0;
 
 	memset(&p, 0, sizeof(p));
-	producer_args(&p, argc, argv, &cfgpath);
+	producer_args(&p, argc, argv, &cfgpath, &demo);
 	log_init("eav-producer");
 	clock_seed();
 	if (config_load(&p.cfg, cfgpath, err, sizeof(err)) == -1) {
@@ -153,6 +166,8 @@ main(int argc, char **argv)
 		return EAV_EXIT_CONFIG;
 	}
 	log_level = p.cfg.log_level;
+	if (demo)
+		p.cfg.producer_demo = 1;
 	if (inject_init_env(err, sizeof(err)) == -1) {
 		log_error("EAV_INJECT: %s", err);
 		return EAV_EXIT_CONFIG;

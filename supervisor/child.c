@@ -134,6 +134,8 @@ child_spawn(struct child *c)
 		argv[n++] = "-f";
 		argv[n++] = sup->cfg.path;
 	}
+	if (c->kind == KIND_PRODUCER && sup->cfg.producer_demo)
+		argv[n++] = "--demo";
 	argv[n] = NULL;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
 		log_warn("%s: socketpair", child_name(c, name, sizeof(name)));

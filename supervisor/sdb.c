@@ -39,7 +39,7 @@ struct sdb {
 	struct event		*rd_ev;
 	struct event		*wr_ev;
 	struct event		*retry_ev;
-	TAILQ_HEAD(, sdb_req)	 queue;
+	TAILQ_HEAD(sdb_queue, sdb_req) queue;
 	int			 nqueue;
 	int			 ready;		/* connected, not connecting */
 	int			 busy;		/* head request sent */

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Static gates CI runs before the tests:
+#  - no SQL built from strings: PQexec only ever gets a literal, and no
+#    snprintf/asprintf output is sent as a query;
+#  - shell scripts pass shellcheck when it is installed;
+#  - cppcheck finds no error when it is installed.
+set -eu
+cd "$(dirname "$0")/.."
+fail=0
+
+bad=$(grep -nE 'PQexec\(' -- */*.c | grep -vE 'PQexec\([^,]+, *"' || true)
+if [ -n "$bad" ]; then
+	echo "lint: PQexec with a non-literal query:"
+	echo "$bad"
+	fail=1
+fi
+bad=$(grep -nE '(snprintf|asprintf)\([^;]*(SELECT|INSERT|UPDATE|DELETE) ' \
+    -- common/*.c supervisor/*.c worker/*.c producer/*.c ctl/*.c inject/*.c \
+    || true)
+if [ -n "$bad" ]; then
+	echo "lint: a query built with printf:"
+	echo "$bad"
+	fail=1
+fi
+if command -v shellcheck >/dev/null; then
+	shellcheck -S warning -s sh scripts/*.sh tests/*.sh || fail=1
+fi
+if command -v cppcheck >/dev/null; then
+	cppcheck --quiet --error-exitcode=1 --enable=warning \
+	    --suppress=missingIncludeSystem -I common -I inject \
+	    --include="/usr/include/$(gcc -print-multiarch)/sys/queue.h" \
+	    common supervisor worker producer ctl inject || fail=1
+fi
+[ "$fail" = 0 ] && echo "lint: ok"
+exit "$fail"

@@ -21,7 +21,7 @@ enum db_status {
 	DB_OK,
 	DB_RETRY,	/* serialization failure or deadlock: try again */
 	DB_CONN_LOST,	/* connection broken or server shutting down */
-	DB_BADINPUT,	/* the caller's data was refused (22xxx, 23xxx, 54xxx) */
+	DB_BADINPUT,	/* the caller's data was refused (22, 23, 54xxx) */
 	DB_REFUSED,	/* eav refused the transition (EAxxx) */
 	DB_FATAL	/* anything else: a bug or a broken database */
 };

@@ -288,7 +288,7 @@ cmd_resolve(struct ctl *ctl, int argc, char **argv)
 int
 cmd_event(struct ctl *ctl, int argc, char **argv)
 {
-	const char	*params[4];
+	const char	*params[5];
 	PGresult	*res;
 	int		 r;
 
@@ -298,6 +298,7 @@ cmd_event(struct ctl *ctl, int argc, char **argv)
 	params[1] = argv[2];
 	params[2] = argv[3];
 	params[3] = argv[4];
+	params[4] = ctl->actor;
 	if ((r = ctl_call(ctl, DB_EVENT_SUBMIT, params, &res)) != 0)
 		return r;
 	printf("%s\n", PQgetvalue(res, 0, 0));

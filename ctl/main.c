@@ -18,9 +18,9 @@
 
 static const struct ctl_cmd cmds[] = {
 	{ "migrate", cmd_migrate, "migrate" },
-	{ "enqueue", cmd_enqueue, "enqueue [-q queue] [-k kind] "
-	    "[-m max_attempts] [-i idempotency_key] [-t run_at] tool [input]\n"
-	    "       eavctl enqueue [-q queue] -k kind -s steps_json" },
+	{ "enqueue", cmd_enqueue, "enqueue [-q queue] [-k kind] [-t run_at] "
+	    "{[-m max_attempts] [-i idempotency_key] tool [input] | "
+	    "-s steps_json}" },
 	{ "tasks", cmd_tasks, "tasks [-s state] [-q queue] [-n limit]" },
 	{ "show", cmd_show, "show task_id" },
 	{ "retry", cmd_retry, "retry task_id" },
@@ -151,8 +151,11 @@ main(int argc, char **argv)
 		if (strcmp(argv[0], cmds[i].name) == 0)
 			break;
 	if (i == NCMDS) {
-		fprintf(stderr, "eavctl: unknown command \"%s\"\n", argv[0]);
-		usage();
+		/* One line, as for any refused input; -h lists the commands. */
+		fprintf(stderr, "eavctl: unknown command \"%s\" (eavctl -h "
+		    "lists the commands)\n", argv[0]);
+		config_free(&cfg);
+		return EAV_EXIT_USAGE;
 	}
 	optind = 1;
 	r = cmds[i].fn(&ctl, argc, argv);

@@ -45,11 +45,13 @@ table_print(PGresult *res, const char *const *headers, int indent)
 	for (r = 0; r < nrows; r++) {
 		printf("%*s", indent, "");
 		for (c = 0; c < ncols; c++) {
-			v = PQgetisnull(res, r, c) ? "-" : PQgetvalue(res, r, c);
+			v = PQgetisnull(res, r, c) ? "-" :
+			    PQgetvalue(res, r, c);
 			if (strlen(v) > TABLE_MAX_WIDTH)
 				printf("%.*s...", TABLE_MAX_WIDTH - 3, v);
 			else
-				printf("%-*s", c == ncols - 1 ? 0 : widths[c], v);
+				printf("%-*s", c == ncols - 1 ? 0 :
+				    widths[c], v);
 			printf("%s", c == ncols - 1 ? "\n" : "  ");
 		}
 	}

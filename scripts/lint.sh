@@ -1,5 +1,6 @@
 #!/bin/sh
 # Static gates CI runs before the tests:
+#  - KNF basics (scripts/style.awk): 80 columns, tabs, no trailing blanks;
 #  - no SQL built from strings: PQexec only ever gets a literal, and no
 #    snprintf/asprintf output is sent as a query;
 #  - shell scripts pass shellcheck when it is installed;
@@ -22,6 +23,9 @@ if [ -n "$bad" ]; then
 	echo "$bad"
 	fail=1
 fi
+awk -f scripts/style.awk common/*.[ch] common/*.def supervisor/*.[ch] \
+    worker/*.[ch] producer/*.[ch] ctl/*.[ch] inject/*.[ch] inject/*.def \
+    tests/*.[ch] || fail=1
 if command -v shellcheck >/dev/null; then
 	shellcheck -S warning -s sh scripts/*.sh tests/*.sh || fail=1
 fi

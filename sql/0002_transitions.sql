@@ -730,6 +730,9 @@ BEGIN
         RETURN v_status;
     END IF;
 
+    -- Two steps with one key (a client that enqueued twice) must not both
+    -- apply it: the second waits here, then finds the first's outcome.
+    PERFORM pg_advisory_xact_lock(hashtextextended(s.tool || '/' || s.idempotency_key, 0));
     SELECT * INTO o FROM eav.idempotency_outcomes
     WHERE tool = s.tool AND idempotency_key = s.idempotency_key;
     IF FOUND THEN
@@ -910,10 +913,13 @@ CREATE FUNCTION eav.terminate_sessions(p_incarnations bigint[], p_keep_pids inte
 RETURNS integer
 LANGUAGE sql AS $$
     SELECT eav.end_sessions(array_agg(a.pid)) FROM pg_stat_activity a
-    WHERE a.application_name ~ '^eav-(worker|producer):[0-9]+:[0-9]+$'
-      AND split_part(a.application_name, ':', 2)::bigint = ANY (p_incarnations)
-      AND split_part(a.application_name, ':', 3)::integer
-          <> ALL (coalesce(p_keep_pids, '{}'));
+    WHERE a.datname = current_database()
+      AND a.application_name ~ '^eav-(worker|producer):[0-9]+:[0-9]+$'
+      -- Compared as text: a cast would fail on a name whose numbers
+      -- overflow, and any client can choose its application_name.
+      AND split_part(a.application_name, ':', 2) = ANY (p_incarnations::text[])
+      AND split_part(a.application_name, ':', 3)
+          <> ALL (coalesce(p_keep_pids, '{}')::text[]);
 $$;
 COMMENT ON FUNCTION eav.terminate_sessions(bigint[], integer[]) IS 'Ends the sessions of eav workers and producers of the given incarnations, except those of the given live pids (see eav.end_sessions).';
 
@@ -927,7 +933,8 @@ DECLARE
     r record;
 BEGIN
     PERFORM eav.end_sessions(array_agg(a.pid)) FROM pg_stat_activity a
-    WHERE a.application_name = format('eav-worker:%s:%s', p_incarnation, p_pid);
+    WHERE a.datname = current_database()
+      AND a.application_name = format('eav-worker:%s:%s', p_incarnation, p_pid);
     FOR r IN
         SELECT s.id, s.claim_epoch FROM eav.steps s
         WHERE s.state = 'running' AND s.owner_incarnation = p_incarnation
@@ -953,10 +960,13 @@ DECLARE
 BEGIN
     SELECT array_agg(id) INTO v_old FROM eav.incarnations
     WHERE node = p_node AND id <> p_incarnation AND stopped_at IS NULL;
-    v_old := coalesce(v_old, '{}') || coalesce((
-        SELECT array_agg(DISTINCT owner_incarnation) FROM eav.steps
+    SELECT array_agg(DISTINCT x ORDER BY x) INTO v_old FROM (
+        SELECT unnest(v_old) AS x
+        UNION
+        SELECT owner_incarnation FROM eav.steps
         WHERE state = 'running' AND owner_node = p_node
-          AND owner_incarnation <> p_incarnation), '{}');
+          AND owner_incarnation <> p_incarnation) o;
+    v_old := coalesce(v_old, '{}');
     IF cardinality(v_old) = 0 THEN
         RETURN 0;
     END IF;
@@ -1124,6 +1134,11 @@ BEGIN
     END IF;
     SELECT min(ordinal) INTO v_first FROM eav.steps
     WHERE task_id = t.id AND state <> 'succeeded';
+    IF v_first IS NULL THEN
+        RAISE EXCEPTION 'task % has no unfinished step', p_task_id
+            USING ERRCODE = 'EA003',
+                  HINT = 'Every step succeeded (the last one after the task was cancelled).';
+    END IF;
     UPDATE eav.steps SET
         state = CASE WHEN ordinal = v_first THEN 'pending' ELSE 'blocked' END,
         attempt = 0, run_at = now(), finished_at = NULL, held_reason = NULL,
@@ -1181,14 +1196,42 @@ COMMENT ON FUNCTION eav.task_cancel(bigint, text, text) IS 'Cancels an active ta
 -- Producer ------------------------------------------------------------------
 
 CREATE FUNCTION eav.event_submit(p_source text, p_event_key text, p_type text,
-    p_body text)
+    p_body text, p_actor text DEFAULT NULL)
 RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    -- The inbox trigger audits the arrival with this actor.
+    PERFORM set_config('eav.actor', coalesce(p_actor, eav.default_actor()), true);
     INSERT INTO eav.inbox (source, event_key, type, body)
     VALUES (p_source, p_event_key, p_type, p_body)
-    RETURNING id;
+    RETURNING id INTO v_id;
+    PERFORM set_config('eav.actor', '', true);
+    RETURN v_id;
+END;
 $$;
-COMMENT ON FUNCTION eav.event_submit(text, text, text, text) IS 'Puts an event in the inbox for eav-producer (same as an INSERT into eav.inbox). Returns the event id.';
+COMMENT ON FUNCTION eav.event_submit(text, text, text, text, text) IS 'Puts an event in the inbox for eav-producer (same as an INSERT into eav.inbox, audited event.received with p_actor). Returns the event id.';
+
+CREATE FUNCTION eav.inbox_audit() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO eav.audit_events (type, outcome, actor, payload)
+    SELECT 'event.received', 'success',
+           coalesce(nullif(current_setting('eav.actor', true), ''),
+                    eav.default_actor()),
+           jsonb_build_object('event_id', n.id, 'source', n.source,
+                              'event_key', n.event_key, 'type', n.type,
+                              'bytes', octet_length(n.body))
+    FROM new_events n;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION eav.inbox_audit() IS 'Audits every event put in the inbox (event.received), whoever inserted it.';
+
+CREATE TRIGGER inbox_audit AFTER INSERT ON eav.inbox
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION eav.inbox_audit();
 
 CREATE FUNCTION eav.inbox_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -1318,6 +1361,7 @@ BEGIN
     IF p_n IS NULL OR p_n NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'demo_emit takes 1 to 10000 events' USING ERRCODE = '22023';
     END IF;
+    PERFORM set_config('eav.actor', coalesce(p_actor, eav.default_actor()), true);
     WITH r AS (
         SELECT random() AS x, (ARRAY['alice', 'bob', 'carol', 'dave'])[1 + floor(random() * 4)::int] AS a,
                (ARRAY['alice', 'bob', 'carol', 'dave'])[1 + floor(random() * 4)::int] AS b
@@ -1352,6 +1396,7 @@ BEGIN
     INSERT INTO eav.inbox (source, event_key, type, body)
     SELECT 'demo', gen_random_uuid()::text, 'task', body::text FROM ev;
     GET DIAGNOSTICS v_n = ROW_COUNT;
+    PERFORM set_config('eav.actor', '', true);
     RETURN v_n;
 END;
 $$;

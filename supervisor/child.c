@@ -204,10 +204,13 @@ child_line(struct child *c, const char *line)
 	evtimer_del(c->timer);
 	child_set_state(c, CHILD_UP, "ready");
 	sdb_process_event(c->sup, c, "up", NULL);
-	if (c->sup->replacing == c) {
+	if (c->sup->replacing == c)
 		c->sup->replacing = NULL;
-		sup_reload_next(c->sup);
-	}
+	/*
+	 * Not only a replacement: a rolling reload also waits for children
+	 * that were still starting when it began.
+	 */
+	sup_reload_next(c->sup);
 	sup_check_ready(c->sup);
 }
 
@@ -284,7 +287,10 @@ child_reap_all(struct sup *sup)
 	}
 }
 
-/* Asks a child to finish its work and exit. */
+/*
+ * Asks a child to finish its work and exit.  The stop is recorded once,
+ * so eav.processes (and its audit) shows a rolling reload's order.
+ */
 void
 child_stop(struct child *c)
 {
@@ -292,7 +298,10 @@ child_stop(struct child *c)
 		return;
 	if (kill(c->pid, SIGTERM) == -1 && errno != ESRCH)
 		log_warn("kill %d", (int)c->pid);
+	if (c->state == CHILD_STOPPING)
+		return;
 	child_set_state(c, CHILD_STOPPING, "asked to stop");
+	sdb_process_event(c->sup, c, "stopping", NULL);
 }
 
 /* Kills a child at once. */

@@ -169,7 +169,8 @@ policy_after_reconcile(struct child *c)
 		sup_reload_next(sup);
 		return;
 	}
-	if (cls == EXIT_CRASH && policy_count_crash(sup, c->kind))
+	if (cls == EXIT_CRASH && policy_count_crash(sup, c->kind) &&
+	    !sup->kinds[c->kind].failed)
 		policy_storm(c);
 	if (sup->kinds[c->kind].failed) {
 		child_set_state(c, CHILD_FAILED, "kind failed");

@@ -14,11 +14,13 @@
 #include "clock.h"
 #include "log.h"
 #include "supervisor.h"
+#include "xalloc.h"
 
 static void	reconcile_done(struct sup *, void *, PGresult *,
 		    enum db_status);
 static void	sweep_cb(evutil_socket_t, short, void *);
 static void	sweep_done(struct sup *, void *, PGresult *, enum db_status);
+static void	sweep_refresh(struct sup *, char **);
 
 static void
 reconcile_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
@@ -76,6 +78,18 @@ sweep_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
 		sup_check_stopped(sup);
 }
 
+/* The live pids are taken when the sweep is sent, not when queued: a
+ * worker spawned meanwhile must not look orphaned. */
+static void
+sweep_refresh(struct sup *sup, char **params)
+{
+	char	pids[1024];
+
+	(void)child_live_pids(sup, pids, sizeof(pids));
+	free(params[2]);
+	params[2] = xstrdup(pids);
+}
+
 static void
 sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -91,6 +105,7 @@ sweep_cb(evutil_socket_t fd, short what, void *arg)
 	(void)child_live_pids(sup, pids, sizeof(pids));
 	sup->sweeping = 1;
 	sdb_submit(sup->db, DB_RECONCILE_SWEEP, params, sweep_done, NULL, 0);
+	sdb_set_refresh(sup->db, sweep_refresh);
 }
 
 /* Arms the periodic sweep (and, at shutdown, runs one last time). */

@@ -29,6 +29,7 @@ struct sdb_req {
 	enum db_stmt		 stmt;
 	char			*params[SDB_MAX_PARAMS];
 	sdb_cb			 cb;
+	sdb_refresh		 refresh;
 	void			*arg;
 	int			 inject;
 };
@@ -148,6 +149,20 @@ sdb_submit(struct sdb *s, enum db_stmt stmt, const char *const *params,
 	sdb_kick(s);
 }
 
+/*
+ * Gives the most recently queued request a refresh hook, for parameters
+ * that describe the present (the live pids of a sweep) and would be stale
+ * after waiting in the queue.
+ */
+void
+sdb_set_refresh(struct sdb *s, sdb_refresh fn)
+{
+	struct sdb_req	*r = TAILQ_LAST(&s->queue, sdb_queue);
+
+	if (r != NULL && !(r == TAILQ_FIRST(&s->queue) && s->busy))
+		r->refresh = fn;
+}
+
 /* Sends the head request if the connection is free. */
 static void
 sdb_kick(struct sdb *s)
@@ -157,6 +172,8 @@ sdb_kick(struct sdb *s)
 
 	if (!s->ready || s->busy || r == NULL)
 		return;
+	if (r->refresh != NULL)
+		r->refresh(s->sup, r->params);
 	if (db_send_params(&s->db, r->stmt,
 	    (const char *const *)r->params) != DB_OK) {
 		sdb_lost(s);

@@ -54,7 +54,7 @@ struct child {
 	pid_t			 pid;
 	int			 ctl_fd;
 	struct event		*ctl_ev;
-	struct event		*timer;		/* restart or startup deadline */
+	struct event		*timer;		/* restart or start deadline */
 	char			 line[128];
 	size_t			 linelen;
 	int64_t			 started_ms;
@@ -98,6 +98,8 @@ struct sup {
 };
 
 typedef void (*sdb_cb)(struct sup *, void *, PGresult *, enum db_status);
+/* Rewrites a queued request's parameters just before it is sent. */
+typedef void (*sdb_refresh)(struct sup *, char **);
 
 /* child.c */
 const char *child_kind_name(enum child_kind);
@@ -127,6 +129,7 @@ struct sdb *sdb_new(struct sup *, struct db *);
 void	sdb_free(struct sdb *);
 void	sdb_submit(struct sdb *, enum db_stmt, const char *const *, sdb_cb,
 	    void *, int);
+void	sdb_set_refresh(struct sdb *, sdb_refresh);
 int	sdb_idle(const struct sdb *);
 void	sdb_process_event(struct sup *, struct child *, const char *,
 	    const char *);

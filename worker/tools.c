@@ -79,7 +79,7 @@ tool_start(struct worker *w, struct step *s)
 		return;
 	}
 	if (strcmp(s->builtin, "ledger.transfer") == 0) {
-		/* The effect runs at flush, inside the completing transaction. */
+		/* The effect runs at flush, in the completing transaction. */
 		step_finish(s, OUT_LEDGER, NULL, NULL);
 		return;
 	}

@@ -46,9 +46,9 @@ static const struct cfg_option options[] = {
 	OPT("supervisor", "restart_backoff_max", CFG_DURATION,
 	    restart_backoff_max, "30s", 1, 3600000, 1),
 	OPT("supervisor", "restart_intensity", CFG_INT, restart_intensity,
-	    "10", 0, 100000, 1),
+	    "10", 0, 100, 1),
 	OPT("supervisor", "restart_period", CFG_DURATION, restart_period,
-	    "60s", 1000, 86400000, 1),
+	    "5m", 1000, 86400000, 1),
 	OPT("supervisor", "restart_stable", CFG_DURATION, restart_stable,
 	    "10s", 0, 86400000, 1),
 	OPT("supervisor", "shutdown_grace", CFG_DURATION, shutdown_grace,
@@ -97,8 +97,12 @@ static int	cfg_parse_bool(const char *, int *);
 static int	cfg_handler(void *, const char *, const char *, const char *);
 static char	*cfg_reader(char *, int, void *);
 static int	cfg_check(struct eav_config *, char *, size_t);
+static int	cfg_check_intensity(const struct eav_config *, char *, size_t);
 static void	cfg_print_value(const struct eav_config *,
-		    const struct cfg_option *, FILE *);
+		    const struct cfg_option *, FILE *, int);
+static void	cfg_defaults(struct eav_config *);
+static int	cfg_decode_line(struct eav_config *, char *, char *, size_t);
+static int	cfg_read_full(int, char *, size_t);
 
 static const struct cfg_option *
 cfg_find(const char *section, const char *name)
@@ -258,6 +262,32 @@ cfg_handler(void *arg, const char *section, const char *name,
 	return 1;
 }
 
+/*
+ * With back-off between restarts, restart_intensity + 1 crashes of one
+ * slot take at least the sum of intensity back-offs; if that exceeds
+ * restart_period the limit could never trip for a kind with one slot.
+ */
+static int
+cfg_check_intensity(const struct eav_config *cfg, char *err, size_t errlen)
+{
+	long long	need = 0, b = cfg->restart_backoff_min;
+	int		i;
+
+	for (i = 0; i < cfg->restart_intensity; i++) {
+		need += b;
+		b = b * 2 > cfg->restart_backoff_max ?
+		    cfg->restart_backoff_max : b * 2;
+	}
+	if (need <= cfg->restart_period)
+		return 0;
+	snprintf(err, errlen, "supervisor.restart_intensity: %d restarts "
+	    "with back-off from restart_backoff_min to restart_backoff_max "
+	    "take at least %lld ms, more than restart_period (%d ms), so the "
+	    "limit could never trip", cfg->restart_intensity, need,
+	    cfg->restart_period);
+	return -1;
+}
+
 /* Cross-option checks and derived defaults. */
 static int
 cfg_check(struct eav_config *cfg, char *err, size_t errlen)
@@ -265,11 +295,19 @@ cfg_check(struct eav_config *cfg, char *err, size_t errlen)
 	char	host[256];
 	const char *q;
 
+	if (strpbrk(cfg->dsn, "\r\n") != NULL ||
+	    strpbrk(cfg->node_name, "\r\n") != NULL) {
+		snprintf(err, errlen, "database.dsn and supervisor.node_name "
+		    "must be one line");
+		return -1;
+	}
 	if (cfg->restart_backoff_max < cfg->restart_backoff_min) {
 		snprintf(err, errlen, "supervisor.restart_backoff_max is "
 		    "less than supervisor.restart_backoff_min");
 		return -1;
 	}
+	if (cfg_check_intensity(cfg, err, errlen) == -1)
+		return -1;
 	for (q = cfg->worker_queues; *q != '\0'; q++)
 		if (!((*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') ||
 		    *q == '_' || *q == '.' || *q == '-' || *q == ',')) {
@@ -288,6 +326,21 @@ cfg_check(struct eav_config *cfg, char *err, size_t errlen)
 	return 0;
 }
 
+/* Sets every option to its default; defaults live only in the table. */
+static void
+cfg_defaults(struct eav_config *cfg)
+{
+	char	err[256];
+	size_t	i;
+
+	memset(cfg, 0, sizeof(*cfg));
+	for (i = 0; i < NOPTIONS; i++)
+		if (cfg_set(cfg, &options[i], options[i].def, err,
+		    sizeof(err)) == -1)
+			fatalx("default of %s.%s: %s", options[i].section,
+			    options[i].name, err);
+}
+
 /*
  * Loads defaults, then the file (if path is not NULL), then EAV_DSN.
  * Returns 0, or -1 with a message in err; cfg is then freed.
@@ -298,15 +351,9 @@ config_load(struct eav_config *cfg, const char *path, char *err,
 {
 	struct cfg_parse	 cp;
 	const char		*dsn;
-	size_t			 i;
 	int			 r;
 
-	memset(cfg, 0, sizeof(*cfg));
-	for (i = 0; i < NOPTIONS; i++)
-		if (cfg_set(cfg, &options[i], options[i].def, err,
-		    errlen) == -1)
-			fatalx("default of %s.%s: %s", options[i].section,
-			    options[i].name, err);
+	cfg_defaults(cfg);
 	if (path != NULL) {
 		memset(&cp, 0, sizeof(cp));
 		cp.cfg = cfg;
@@ -359,7 +406,7 @@ config_free(struct eav_config *cfg)
 
 static void
 cfg_print_value(const struct eav_config *cfg, const struct cfg_option *o,
-    FILE *fp)
+    FILE *fp, int reveal)
 {
 	const char	*p = (const char *)cfg + o->offset;
 	int		 v;
@@ -367,7 +414,7 @@ cfg_print_value(const struct eav_config *cfg, const struct cfg_option *o,
 	switch (o->type) {
 	case CFG_STRING:
 		/* A DSN may carry a password: never print it. */
-		if (strcmp(o->name, "dsn") == 0 &&
+		if (!reveal && strcmp(o->name, "dsn") == 0 &&
 		    strstr(*(char *const *)p, "password") != NULL)
 			fprintf(fp, "(hidden: contains a password)");
 		else
@@ -405,7 +452,7 @@ config_print(const struct eav_config *cfg, FILE *fp)
 			fprintf(fp, "%s[%s]\n", i ? "\n" : "", sec);
 		}
 		fprintf(fp, "%s = ", options[i].name);
-		cfg_print_value(cfg, &options[i], fp);
+		cfg_print_value(cfg, &options[i], fp, 0);
 		fprintf(fp, "\n");
 	}
 }
@@ -440,4 +487,122 @@ config_reloadable_diff(const struct eav_config *a,
 		}
 	}
 	return 0;
+}
+
+/*
+ * eavd hands each child the configuration it validated, so a child never
+ * parses a file eavd has not accepted (a reload is whole or nothing).  On
+ * fd 3: "eav-config <n>\n" and n bytes of "section.name=value" lines.
+ */
+int
+config_send(int fd, const struct eav_config *cfg)
+{
+	char	*text = NULL, head[64];
+	size_t	 len = 0, i, off;
+	ssize_t	 n;
+	FILE	*fp;
+	int	 hl;
+
+	if ((fp = open_memstream(&text, &len)) == NULL)
+		fatal("open_memstream");
+	for (i = 0; i < NOPTIONS; i++) {
+		fprintf(fp, "%s.%s=", options[i].section, options[i].name);
+		cfg_print_value(cfg, &options[i], fp, 1);
+		fputc('\n', fp);
+	}
+	if (fclose(fp) != 0)
+		fatal("open_memstream");
+	hl = snprintf(head, sizeof(head), "eav-config %zu\n", len);
+	for (off = 0; off < (size_t)hl; off += (size_t)n)
+		if ((n = write(fd, head + off, (size_t)hl - off)) <= 0)
+			goto fail;
+	for (off = 0; off < len; off += (size_t)n)
+		if ((n = write(fd, text + off, len - off)) <= 0)
+			goto fail;
+	explicit_bzero(text, len);	/* the DSN may hold a password */
+	free(text);
+	return 0;
+fail:
+	explicit_bzero(text, len);
+	free(text);
+	return -1;
+}
+
+/* Reads exactly len bytes; -1 on EOF or error. */
+static int
+cfg_read_full(int fd, char *buf, size_t len)
+{
+	size_t	off;
+	ssize_t	n;
+
+	for (off = 0; off < len; off += (size_t)n) {
+		n = read(fd, buf + off, len - off);
+		if (n == -1 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n <= 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int
+cfg_decode_line(struct eav_config *cfg, char *line, char *err, size_t errlen)
+{
+	const struct cfg_option	*o;
+	char			*eq, *dot, msg[256];
+
+	if ((eq = strchr(line, '=')) == NULL ||
+	    (dot = strchr(line, '.')) == NULL || dot > eq) {
+		snprintf(err, errlen, "malformed configuration line from eavd");
+		return -1;
+	}
+	*eq = *dot = '\0';
+	if ((o = cfg_find(line, dot + 1)) == NULL) {
+		snprintf(err, errlen, "unknown option %s.%s from eavd", line,
+		    dot + 1);
+		return -1;
+	}
+	if (cfg_set(cfg, o, eq + 1, msg, sizeof(msg)) == -1) {
+		snprintf(err, errlen, "option %s.%s from eavd: %s", line,
+		    dot + 1, msg);
+		return -1;
+	}
+	return 0;
+}
+
+/* Receives the configuration config_send wrote; 0, or -1 with err. */
+int
+config_receive(int fd, struct eav_config *cfg, char *err, size_t errlen)
+{
+	char	head[64], *text, *line, *save;
+	size_t	i, len;
+	int	r = 0;
+
+	for (i = 0; i < sizeof(head) - 1; i++)
+		if (cfg_read_full(fd, head + i, 1) == -1 || head[i] == '\n')
+			break;
+	head[i] = '\0';
+	if (sscanf(head, "eav-config %zu", &len) != 1 || len > 65536) {
+		snprintf(err, errlen, "no configuration from eavd on fd 3");
+		return -1;
+	}
+	text = xcalloc(1, len + 1);
+	if (cfg_read_full(fd, text, len) == -1) {
+		snprintf(err, errlen, "configuration from eavd cut short");
+		free(text);
+		return -1;
+	}
+	cfg_defaults(cfg);
+	for (line = strtok_r(text, "\n", &save); line != NULL && r == 0;
+	    line = strtok_r(NULL, "\n", &save))
+		r = cfg_decode_line(cfg, line, err, errlen);
+	explicit_bzero(text, len);
+	free(text);
+	if (r == 0)
+		r = cfg_check(cfg, err, errlen);
+	if (r == -1)
+		config_free(cfg);
+	return r;
 }

@@ -41,6 +41,8 @@ struct eav_config {
 int	config_load(struct eav_config *, const char *, char *, size_t);
 void	config_free(struct eav_config *);
 void	config_print(const struct eav_config *, FILE *);
+int	config_send(int, const struct eav_config *);
+int	config_receive(int, struct eav_config *, char *, size_t);
 int	config_reloadable_diff(const struct eav_config *,
 	    const struct eav_config *, char *, size_t);
 

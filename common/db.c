@@ -28,6 +28,8 @@ static const struct db_stmt_def stmts[DB_NSTMTS] = {
 static enum db_status	db_prepare(struct db *, enum db_stmt);
 static void		db_notice(void *, const char *);
 static int		out_of_conn(struct db *);
+static void		db_conn_values(const char **, const char *,
+			    const char *);
 
 /* True (with a message) when there is no connection to use. */
 static int
@@ -73,29 +75,71 @@ db_notice(void *arg, const char *msg)
 }
 
 /*
- * Connects; the DSN may override our defaults but not the
- * application_name, which identifies the process to reconciliation.
- * Returns 0, or -1 with the reason in db->errmsg.
+ * Connection keywords: our defaults come first so that the DSN (expanded
+ * in place of dbname) may override them; application_name comes last
+ * because it identifies the process to reconciliation.  Keepalives and a
+ * TCP user timeout make a silently dead peer an error in bounded time
+ * rather than a call that blocks for hours.
  */
+static const char *const conn_keys[] = { "connect_timeout", "keepalives",
+    "keepalives_idle", "keepalives_interval", "keepalives_count",
+    "tcp_user_timeout", "dbname", "application_name", NULL };
+#define CONN_DSN	6
+#define CONN_APPNAME	7
+
+static void
+db_conn_values(const char **vals, const char *dsn, const char *appname)
+{
+	static const char *const defaults[] = { "10", "1", "5", "2", "3",
+	    "10000" };
+	size_t	i;
+
+	for (i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
+		vals[i] = defaults[i];
+	vals[CONN_DSN] = dsn;
+	vals[CONN_APPNAME] = appname;
+	vals[CONN_APPNAME + 1] = NULL;
+}
+
+/* Takes a connection that reached CONNECTION_OK. */
+void
+db_adopt(struct db *db, PGconn *conn)
+{
+	db->conn = conn;
+	memset(db->prepared, 0, sizeof(db->prepared));
+	PQsetNoticeProcessor(db->conn, db_notice, NULL);
+	db->backend_pid = PQbackendPID(db->conn);
+}
+
+/* Starts a non-blocking connection (PQconnectPoll drives it). */
+PGconn *
+db_connect_start(const char *dsn, const char *appname)
+{
+	const char	*vals[CONN_APPNAME + 2];
+
+	db_conn_values(vals, dsn, appname);
+	return PQconnectStartParams(conn_keys, vals, 1);
+}
+
+/* Connects, blocking.  Returns 0, or -1 with the reason in db->errmsg. */
 int
 db_connect(struct db *db, const char *dsn, const char *appname)
 {
-	const char *const keys[] = { "connect_timeout", "dbname",
-	    "application_name", NULL };
-	const char *const vals[] = { "10", dsn, appname, NULL };
+	const char	*vals[CONN_APPNAME + 2];
+	PGconn		*conn;
 
 	db_close(db);
 	snprintf(db->appname, sizeof(db->appname), "%s", appname);
-	db->conn = PQconnectdbParams(keys, vals, 1);
-	if (db->conn == NULL || PQstatus(db->conn) != CONNECTION_OK) {
+	db_conn_values(vals, dsn, appname);
+	conn = PQconnectdbParams(conn_keys, vals, 1);
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK) {
 		snprintf(db->errmsg, sizeof(db->errmsg), "%s",
-		    db->conn ? PQerrorMessage(db->conn) : "out of memory");
+		    conn ? PQerrorMessage(conn) : "out of memory");
 		db->errmsg[strcspn(db->errmsg, "\n")] = '\0';
-		db_close(db);
+		PQfinish(conn);
 		return -1;
 	}
-	PQsetNoticeProcessor(db->conn, db_notice, NULL);
-	db->backend_pid = PQbackendPID(db->conn);
+	db_adopt(db, conn);
 	return 0;
 }
 
@@ -147,7 +191,9 @@ db_classify(struct db *db, const PGresult *res, const char *what)
 		log_warnx("%s: connection lost: %s", what, db->errmsg);
 		return DB_CONN_LOST;
 	}
-	if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0) {
+	/* Serialization, deadlock, lock or statement time-out, cancel. */
+	if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
+	    strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0) {
 		log_info("%s: will retry: %s", what, db->errmsg);
 		return DB_RETRY;
 	}

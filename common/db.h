@@ -19,7 +19,7 @@ enum db_stmt {
 
 enum db_status {
 	DB_OK,
-	DB_RETRY,	/* serialization failure or deadlock: try again */
+	DB_RETRY,	/* deadlock, serialization, time-out: try again */
 	DB_CONN_LOST,	/* connection broken or server shutting down */
 	DB_BADINPUT,	/* the caller's data was refused (22, 23, 54xxx) */
 	DB_REFUSED,	/* eav refused the transition (EAxxx) */
@@ -36,6 +36,8 @@ struct db {
 };
 
 int		 db_connect(struct db *, const char *, const char *);
+PGconn		*db_connect_start(const char *, const char *);
+void		 db_adopt(struct db *, PGconn *);
 void		 db_close(struct db *);
 int		 db_is_connected(const struct db *);
 enum db_status	 db_call(struct db *, enum db_stmt, const char *const *,

@@ -1,7 +1,8 @@
 /*
  * eav-producer: started by eavd as
- *   eav-producer -n NODE -i INCARNATION -s SLOT [-f eav.conf] [--demo]
- * with its control socket on fd 3 (EOF: eavd is gone).  --demo turns the
+ *   eav-producer -n NODE -i INCARNATION -s SLOT [--demo]
+ * with its control socket on fd 3 (eavd first sends the configuration
+ * there; EOF: eavd is gone).  --demo turns the
  * demo load on whatever producer.demo says.  SIGTERM and
  * SIGINT end it after the current batch; an open batch is rolled back.
  */
@@ -22,8 +23,7 @@
 #include "producer.h"
 
 static void	usage(void) __attribute__((noreturn));
-static void	producer_args(struct producer *, int, char **, const char **,
-		    int *);
+static void	producer_args(struct producer *, int, char **, int *);
 static void	producer_events(struct producer *);
 static void	producer_stop_cb(evutil_socket_t, short, void *);
 static void	producer_ctl_cb(evutil_socket_t, short, void *);
@@ -33,13 +33,12 @@ static void
 usage(void)
 {
 	fprintf(stderr, "usage: eav-producer -n node -i incarnation -s slot "
-	    "[-f config] [--demo]\n");
+	    "[--demo] (started by eavd)\n");
 	exit(EAV_EXIT_USAGE);
 }
 
 static void
-producer_args(struct producer *p, int argc, char **argv, const char **cfg,
-    int *demo)
+producer_args(struct producer *p, int argc, char **argv, int *demo)
 {
 	static const struct option longopts[] = {
 		{ "demo", no_argument, NULL, 'D' },
@@ -48,14 +47,11 @@ producer_args(struct producer *p, int argc, char **argv, const char **cfg,
 	int	ch;
 
 	p->slot = -1;
-	while ((ch = getopt_long(argc, argv, "f:i:n:s:", longopts,
+	while ((ch = getopt_long(argc, argv, "i:n:s:", longopts,
 	    NULL)) != -1) {
 		switch (ch) {
 		case 'D':
 			*demo = 1;
-			break;
-		case 'f':
-			*cfg = optarg;
 			break;
 		case 'i':
 			p->incarnation = strtoll(optarg, NULL, 10);
@@ -153,15 +149,14 @@ int
 main(int argc, char **argv)
 {
 	struct producer	 p;
-	const char	*cfgpath = NULL;
 	char		 err[512];
 	int		 demo = 0;
 
 	memset(&p, 0, sizeof(p));
-	producer_args(&p, argc, argv, &cfgpath, &demo);
+	producer_args(&p, argc, argv, &demo);
 	log_init("eav-producer");
 	clock_seed();
-	if (config_load(&p.cfg, cfgpath, err, sizeof(err)) == -1) {
+	if (config_receive(3, &p.cfg, err, sizeof(err)) == -1) {
 		log_error("%s", err);
 		return EAV_EXIT_CONFIG;
 	}

@@ -102,6 +102,26 @@ INSERT INTO eav.tools (name, kind, config, idempotent, description) VALUES
     ('demo.notify', 'builtin', '{"builtin": "sleep"}', false,
      'Stands in for a non-idempotent external call (say, sending an e-mail): sleeps input.ms; an unknown outcome is held for an operator.');
 
+-- Steps name tools and queues without foreign keys (a key-share lock on
+-- the few hot rows of these tables from every enqueue would serialize on
+-- multixacts); rows are never deleted instead.
+CREATE FUNCTION eav.refuse_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% rows are never deleted: steps refer to them', TG_TABLE_NAME
+        USING ERRCODE = 'EA003';
+END;
+$$;
+COMMENT ON FUNCTION eav.refuse_delete() IS 'Trigger that refuses DELETE and TRUNCATE on eav.tools and eav.queues.';
+CREATE TRIGGER tools_no_delete BEFORE DELETE ON eav.tools
+    FOR EACH ROW EXECUTE FUNCTION eav.refuse_delete();
+CREATE TRIGGER tools_no_truncate BEFORE TRUNCATE ON eav.tools
+    FOR EACH STATEMENT EXECUTE FUNCTION eav.refuse_delete();
+CREATE TRIGGER queues_no_delete BEFORE DELETE ON eav.queues
+    FOR EACH ROW EXECUTE FUNCTION eav.refuse_delete();
+CREATE TRIGGER queues_no_truncate BEFORE TRUNCATE ON eav.queues
+    FOR EACH STATEMENT EXECUTE FUNCTION eav.refuse_delete();
+
 -- A node is one eavd host; every start of eavd is a new incarnation, so a
 -- restarted supervisor never looks like its dead predecessor.
 CREATE TABLE eav.nodes (

@@ -8,6 +8,7 @@
 --   EA002  claim from an incarnation that is not the node's current one
 --   EA003  the transition is not allowed from the current state
 --   EA004  no such task or step
+--   EA005  a database session that had to end did not (retry later)
 --   EA009  audit rows cannot be changed
 
 CREATE FUNCTION eav.default_actor() RETURNS text
@@ -496,7 +497,7 @@ BEGIN
     SELECT c.id, c.task_id, c.claim_epoch, c.attempt, c.tool,
            t.config->>'builtin', c.input::text, c.idempotency_key, c.trace_id,
            t.timeout_ms
-    FROM c JOIN eav.tools t ON t.name = c.tool
+    FROM c LEFT JOIN eav.tools t ON t.name = c.tool
     ORDER BY c.id;
 END;
 $$;
@@ -825,8 +826,11 @@ BEGIN
 
     SELECT idempotent INTO v_idem FROM eav.tools WHERE name = s.tool;
     SELECT state INTO v_task_state FROM eav.tasks WHERE id = s.task_id FOR SHARE;
+    -- A cancelled task runs nothing more, but an operator must still learn
+    -- whether a non-idempotent call took effect: that step is held too.
     v_decision := CASE
-        WHEN v_task_state <> 'active' THEN 'cancelled'
+        WHEN v_task_state <> 'active' AND coalesce(v_idem, false) THEN 'cancelled'
+        WHEN v_task_state <> 'active' THEN 'held'
         WHEN coalesce(v_idem, false) AND s.attempt < s.max_attempts THEN 'retry'
         ELSE 'held' END;
 
@@ -840,7 +844,7 @@ BEGIN
             'owner_incarnation', s.owner_incarnation,
             'detected_by', p_detected_by, 'decision', v_decision));
 
-    IF v_task_state <> 'active' THEN
+    IF v_decision = 'cancelled' THEN
         UPDATE eav.steps SET state = 'cancelled', finished_at = now(),
             error = 'unknown outcome', updated_at = now()
         WHERE id = s.id;
@@ -900,14 +904,19 @@ BEGIN
         PERFORM pg_stat_clear_snapshot();
         EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                               WHERE a.pid = ANY (p_pids)
-                                AND a.pid <> pg_backend_pid())
-              OR clock_timestamp() > v_deadline;
+                                AND a.pid <> pg_backend_pid());
+        -- Reconciling while one lives could miss a claim it commits
+        -- later: fail, and let the caller try again.
+        IF clock_timestamp() > v_deadline THEN
+            RAISE EXCEPTION 'database sessions % did not end within 5 s', p_pids
+                USING ERRCODE = 'EA005';
+        END IF;
         PERFORM pg_sleep(0.001);
     END LOOP;
     RETURN cardinality(p_pids);
 END;
 $$;
-COMMENT ON FUNCTION eav.end_sessions(integer[]) IS 'Terminates the given backends and waits (up to 5 s) until they are gone.';
+COMMENT ON FUNCTION eav.end_sessions(integer[]) IS 'Terminates the given backends and waits until they are gone; raises EA005 if one is still there after 5 s.';
 
 CREATE FUNCTION eav.terminate_sessions(p_incarnations bigint[], p_keep_pids integer[])
 RETURNS integer
@@ -1002,17 +1011,29 @@ DECLARE
     v_actor text := format('supervisor:%s/%s', p_node, p_incarnation);
     v_n integer := 0;
     r record;
+    v_old bigint[];
 BEGIN
+    -- Orphans: steps of this incarnation whose pid is not a live child,
+    -- and any step of this node left by an older incarnation (a claim that
+    -- committed after that incarnation was reconciled).
     IF NOT EXISTS (SELECT 1 FROM eav.steps s
-                   WHERE s.state = 'running' AND s.owner_incarnation = p_incarnation
-                     AND s.owner_pid <> ALL (coalesce(p_live_pids, '{}'))) THEN
+                   WHERE s.state = 'running' AND s.owner_node = p_node
+                     AND (s.owner_incarnation <> p_incarnation
+                          OR s.owner_pid <> ALL (coalesce(p_live_pids, '{}')))) THEN
         RETURN 0;
     END IF;
+    SELECT array_agg(DISTINCT owner_incarnation) INTO v_old FROM eav.steps
+    WHERE state = 'running' AND owner_node = p_node
+      AND owner_incarnation <> p_incarnation;
     PERFORM eav.terminate_sessions(ARRAY[p_incarnation], p_live_pids);
+    IF v_old IS NOT NULL THEN
+        PERFORM eav.terminate_sessions(v_old, NULL);
+    END IF;
     FOR r IN
         SELECT s.id, s.claim_epoch FROM eav.steps s
-        WHERE s.state = 'running' AND s.owner_incarnation = p_incarnation
-          AND s.owner_pid <> ALL (coalesce(p_live_pids, '{}'))
+        WHERE s.state = 'running' AND s.owner_node = p_node
+          AND (s.owner_incarnation <> p_incarnation
+               OR s.owner_pid <> ALL (coalesce(p_live_pids, '{}')))
         ORDER BY s.id
     LOOP
         IF eav.reconcile_step(r.id, r.claim_epoch, 'sweep', v_actor) <> 'skipped' THEN
@@ -1022,7 +1043,7 @@ BEGIN
     RETURN v_n;
 END;
 $$;
-COMMENT ON FUNCTION eav.reconcile_sweep(text, bigint, integer[]) IS 'Back-stop run by eavd every sweep_interval: reconciles steps of this incarnation owned by a pid that is not among its live children.';
+COMMENT ON FUNCTION eav.reconcile_sweep(text, bigint, integer[]) IS 'Back-stop run by eavd every sweep_interval: reconciles running steps of this node owned by an older incarnation, or by a pid of this incarnation that is not among its live children.';
 
 CREATE FUNCTION eav.worker_resync(p_node text, p_incarnation bigint, p_pid integer,
     p_old_backend integer, p_known bigint[])
@@ -1073,6 +1094,10 @@ BEGIN
         RAISE EXCEPTION 'unknown action "%"', p_action
             USING ERRCODE = '22023', HINT = 'Use retry, succeeded or failed.';
     END IF;
+    -- Task before step, the order task_cancel locks in.
+    SELECT t.state INTO v_task_state FROM eav.tasks t
+    WHERE t.id = (SELECT task_id FROM eav.steps WHERE id = p_step_id)
+    FOR SHARE;
     SELECT * INTO s FROM eav.steps WHERE id = p_step_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'step % does not exist', p_step_id USING ERRCODE = 'EA004';
@@ -1081,7 +1106,6 @@ BEGIN
         RAISE EXCEPTION 'step % is %, not held', p_step_id, s.state
             USING ERRCODE = 'EA003', HINT = 'Only a held step can be resolved.';
     END IF;
-    SELECT state INTO v_task_state FROM eav.tasks WHERE id = s.task_id FOR SHARE;
 
     IF p_action = 'retry' THEN
         UPDATE eav.steps SET state = 'pending', run_at = now(), held_reason = NULL,
@@ -1118,6 +1142,7 @@ DECLARE
     v_actor text := coalesce(p_actor, eav.default_actor());
     t eav.tasks;
     v_first integer;
+    v_held bigint;
 BEGIN
     SELECT * INTO t FROM eav.tasks WHERE id = p_task_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -1131,6 +1156,12 @@ BEGIN
     IF EXISTS (SELECT 1 FROM eav.steps WHERE task_id = t.id AND state = 'running') THEN
         RAISE EXCEPTION 'task % still has a running step', p_task_id
             USING ERRCODE = 'EA003', HINT = 'Retry it when the step has finished.';
+    END IF;
+    SELECT min(id) INTO v_held FROM eav.steps WHERE task_id = t.id AND state = 'held';
+    IF v_held IS NOT NULL THEN
+        RAISE EXCEPTION 'step % of task % has an unknown outcome and is held',
+            v_held, p_task_id USING ERRCODE = 'EA003',
+            HINT = 'Resolve it first (eavctl resolve): retrying could repeat its effect.';
     END IF;
     SELECT min(ordinal) INTO v_first FROM eav.steps
     WHERE task_id = t.id AND state <> 'succeeded';

@@ -130,10 +130,6 @@ child_spawn(struct child *c)
 	argv[n++] = inc;
 	argv[n++] = "-s";
 	argv[n++] = slot;
-	if (sup->cfg.path != NULL) {
-		argv[n++] = "-f";
-		argv[n++] = sup->cfg.path;
-	}
 	if (c->kind == KIND_PRODUCER && sup->cfg.producer_demo)
 		argv[n++] = "--demo";
 	argv[n] = NULL;
@@ -152,6 +148,10 @@ child_spawn(struct child *c)
 		return -1;
 	}
 	c->ctl_fd = sv[0];
+	/* A few kB into an empty socket buffer: this write cannot block. */
+	if (config_send(c->ctl_fd, &sup->cfg) == -1)
+		log_warn("%s: cannot send the configuration",
+		    child_name(c, name, sizeof(name)));
 	if (fcntl(c->ctl_fd, F_SETFL, O_NONBLOCK) == -1)
 		fatal("fcntl");
 	c->ctl_ev = event_new(sup->base, c->ctl_fd, EV_READ | EV_PERSIST,

@@ -242,12 +242,18 @@ sup_stop(struct sup *sup, int fast)
 	int		 i;
 
 	if (sup->state == SUP_STOPPING) {
-		if (fast) {
-			log_notice("second signal: killing %d children now",
-			    child_count_live(sup));
-			for (i = 0; i < MAX_CHILDREN; i++)
-				child_kill(&sup->children[i]);
+		if (!fast)
+			return;
+		if (child_count_live(sup) == 0) {
+			log_notice("second signal: exiting without waiting for "
+			    "the database; the next start reconciles");
+			event_base_loopexit(sup->base, NULL);
+			return;
 		}
+		log_notice("second signal: killing %d children now",
+		    child_count_live(sup));
+		for (i = 0; i < MAX_CHILDREN; i++)
+			child_kill(&sup->children[i]);
 		return;
 	}
 	sup->state = SUP_STOPPING;
@@ -309,9 +315,11 @@ sup_stopped_cb(struct sup *sup, void *arg, PGresult *res, enum db_status st)
 }
 
 /*
- * Once every child is gone and reconciled: a last sweep, then the clean
- * stop is recorded and the loop ends (or after EXIT_DEADLINE_MS if the
- * database cannot be reached).
+ * Once every child is gone: the exit deadline starts (EXIT_DEADLINE_MS:
+ * an unreachable database must not keep eavd from exiting; the next
+ * incarnation reconciles what is left), and once their reconciliations
+ * are done, a last sweep and the clean stop are recorded and the loop
+ * ends.
  */
 void
 sup_check_stopped(struct sup *sup)
@@ -322,17 +330,21 @@ sup_check_stopped(struct sup *sup)
 	int		 i;
 
 	if (sup->state != SUP_STOPPING || child_count_live(sup) > 0 ||
-	    sup->exit_ev != NULL)
+	    sup->final_sent)
 		return;
+	if (sup->exit_ev == NULL) {
+		sup->exit_ev = evtimer_new(sup->base, sup_exit_cb, sup);
+		if (sup->exit_ev == NULL ||
+		    evtimer_add(sup->exit_ev, &tv) == -1)
+			fatalx("cannot add the exit timer");
+	}
 	for (i = 0; i < MAX_CHILDREN; i++)
 		if (sup->children[i].busy)
 			return;
+	sup->final_sent = 1;
 	snprintf(inc, sizeof(inc), "%lld", sup->incarnation);
 	reconcile_sweep_start(sup);
 	sdb_submit(sup->db, DB_NODE_STOP, params, sup_stopped_cb, NULL, 0);
-	sup->exit_ev = evtimer_new(sup->base, sup_exit_cb, sup);
-	if (sup->exit_ev == NULL || evtimer_add(sup->exit_ev, &tv) == -1)
-		fatalx("cannot add the exit timer");
 }
 
 /* Replaces the next child of a rolling reload, or ends the reload. */

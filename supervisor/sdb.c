@@ -59,6 +59,7 @@ static void	sdb_connect_poll(struct sdb *, PostgresPollingStatusType);
 static void	sdb_connect_cb(evutil_socket_t, short, void *);
 static void	sdb_done(struct sdb *, enum db_status);
 static void	sdb_req_free(struct sdb_req *);
+static void	sdb_shed(struct sdb *);
 
 /* Takes over a connected, migrated struct db from start-up. */
 struct sdb *
@@ -88,6 +89,28 @@ sdb_req_free(struct sdb_req *r)
 	for (i = 0; i < SDB_MAX_PARAMS; i++)
 		free(r->params[i]);
 	free(r);
+}
+
+/*
+ * During a long outage the queue fills with process-state records; the
+ * oldest of those (no callback waits for them) go first.  A request with
+ * a callback is never dropped: a slot or a sweep waits for it.
+ */
+static void
+sdb_shed(struct sdb *s)
+{
+	struct sdb_req	*r;
+
+	TAILQ_FOREACH(r, &s->queue, entry)
+		if (r->cb == NULL && !(r == TAILQ_FIRST(&s->queue) && s->busy))
+			break;
+	if (r == NULL)
+		return;
+	log_warnx("database unreachable, %d requests queued: dropping the "
+	    "oldest process-state record", s->nqueue);
+	TAILQ_REMOVE(&s->queue, r, entry);
+	s->nqueue--;
+	sdb_req_free(r);
 }
 
 /* Frees the channel and its queue (at exit). */
@@ -129,14 +152,8 @@ sdb_submit(struct sdb *s, enum db_stmt stmt, const char *const *params,
 	struct sdb_req	*r;
 	int		 i, n = db_stmt_nparams(stmt);
 
-	if (s->nqueue >= SDB_MAX_QUEUE) {
-		log_warnx("database queue full (%d requests): dropping the "
-		    "oldest; the periodic sweep will catch up", s->nqueue);
-		r = TAILQ_NEXT(TAILQ_FIRST(&s->queue), entry);
-		TAILQ_REMOVE(&s->queue, r, entry);
-		s->nqueue--;
-		sdb_req_free(r);
-	}
+	if (s->nqueue >= SDB_MAX_QUEUE)
+		sdb_shed(s);
 	r = xcalloc(1, sizeof(*r));
 	r->stmt = stmt;
 	for (i = 0; i < n && i < SDB_MAX_PARAMS; i++)
@@ -306,13 +323,11 @@ sdb_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct sdb	*s = arg;
 	char		 appname[64];
-	const char *const keys[] = { "dbname", "application_name", NULL };
-	const char	*vals[] = { s->sup->cfg.dsn, appname, NULL };
 
 	(void)fd;
 	(void)what;
 	snprintf(appname, sizeof(appname), "eavd:%lld", s->sup->incarnation);
-	s->db.conn = PQconnectStartParams(keys, vals, 1);
+	s->db.conn = db_connect_start(s->sup->cfg.dsn, appname);
 	if (s->db.conn == NULL || PQstatus(s->db.conn) == CONNECTION_BAD) {
 		sdb_lost(s);
 		return;
@@ -330,6 +345,7 @@ sdb_connect_poll(struct sdb *s, PostgresPollingStatusType ps)
 		log_notice("database connection re-established after %lld ms",
 		    (long long)(clock_ms() - s->down_since));
 		s->down_since = 0;
+		db_adopt(&s->db, s->db.conn);
 		if (PQsetnonblocking(s->db.conn, 1) == -1) {
 			sdb_lost(s);
 			return;

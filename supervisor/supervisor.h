@@ -94,6 +94,7 @@ struct sup {
 	int			 reloading;
 	int			 ready_sent;
 	int			 sweeping;
+	int			 final_sent;	/* last sweep and stop sent */
 	long long		 reconciled;
 };
 

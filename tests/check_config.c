@@ -99,6 +99,8 @@ static const struct {
 	{ "[supervisor]\nrestart_backoff_min = 10s\nrestart_backoff_max = 1s\n",
 	    "restart_backoff_max is less than" },
 	{ "just text\n", ":1: syntax error" },
+	{ "[supervisor]\nrestart_intensity = 101\n", "out of range" },
+	{ "[supervisor]\nrestart_period = 60s\n", "could never trip" },
 };
 
 START_TEST(test_bad_values)

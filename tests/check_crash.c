@@ -256,6 +256,39 @@ START_TEST(test_kill_worker_idempotent)
 END_TEST
 
 /*
+ * A step whose input the worker cannot represent (jsonb keeps integers
+ * beyond 64 bits) fails on its own; no worker dies, other steps run.
+ */
+START_TEST(test_unreadable_input)
+{
+	struct th_db	db;
+	struct th_eavd	e;
+	char		*err;
+
+	th_db_new(&db);
+	conf(&e, &db, "crash9", 1);
+	start_up(&e, &db, 1);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', "
+	    "'{\"n\": 99999999999999999999}', p_kind => 'huge')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', p_kind => "
+	    "'plain')", 0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 2 FROM "
+	    "eav.tasks WHERE state <> 'active'", 0));
+	err = th_str(db.conn, "SELECT s.state || ': ' || s.error FROM "
+	    "eav.steps s JOIN eav.tasks t ON t.id = s.task_id WHERE "
+	    "t.kind = 'huge'", 0);
+	ck_assert_ptr_nonnull(strstr(err, "failed: input cannot be read"));
+	free(err);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks WHERE "
+	    "kind = 'plain' AND state = 'succeeded'", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
+	    "eav.processes", 0), 0);
+	stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
  * The same with the non-idempotent demo.notify: the step is held with an
  * alarm, and nothing claims it again by itself.
  */
@@ -614,6 +647,7 @@ suite_crash(void)
 
 	tcase_add_test(tc, test_kill_worker_idempotent);
 	tcase_add_test(tc, test_kill_worker_held);
+	tcase_add_test(tc, test_unreadable_input);
 	tcase_add_test(tc, test_kill_eavd);
 	tcase_add_test(tc, test_pg_restart);
 	tcase_set_timeout(tc, 120);

@@ -320,6 +320,73 @@ START_TEST(test_sigterm_graceful)
 }
 END_TEST
 
+/*
+ * Children get the configuration eavd validated, not the file: a file
+ * broken while eavd runs (no SIGHUP) does not stop a restarted worker.
+ */
+START_TEST(test_children_get_validated_config)
+{
+	struct th_db	db;
+	struct th_eavd	e;
+	pid_t		pids[MAX_PIDS];
+	FILE		*fp;
+	char		pid[16];
+
+	th_db_new(&db);
+	conf(&e, &db, "sup9", 2, RELAXED);
+	start_up(&e, &db, 2);
+	ck_assert_int_eq(up_pids(db.conn, "worker", pids, MAX_PIDS), 2);
+	fp = fopen(e.conf, "w");
+	ck_assert_ptr_nonnull(fp);
+	fputs("[worker]\nconcurrency = 0\n", fp);
+	fclose(fp);
+	ck_assert_int_eq(kill(pids[0], SIGKILL), 0);
+	snprintf(pid, sizeof(pid), "%d", (int)pids[0]);
+	ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 2 FROM "
+	    "eav.proj_processes WHERE kind = 'worker' AND state = 'up' AND "
+	    "pid <> $1::int", 1, pid), "the worker was not replaced (log %s)",
+	    e.log);
+	ck_assert(!th_log_contains(&e, "worker.concurrency"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.processes "
+	    "WHERE state = 'failed'", 0), 0);
+	enqueue_noops(db.conn, 10, "after");
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 10 FROM "
+	    "eav.tasks WHERE kind = 'after' AND state = 'succeeded'", 0));
+	stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * SIGTERM while PostgreSQL is down, with a dead worker's reconciliation
+ * still queued: eavd exits 0 within its exit deadline instead of waiting
+ * for the database; the next start reconciles the incarnation.
+ */
+START_TEST(test_sigterm_database_down)
+{
+	struct th_db	db;
+	struct th_eavd	e;
+	pid_t		pids[MAX_PIDS];
+	int		status;
+
+	th_db_new(&db);
+	conf(&e, &db, "sup10", 1, RELAXED);
+	start_up(&e, &db, 1);
+	ck_assert_int_eq(up_pids(db.conn, "worker", pids, MAX_PIDS), 1);
+	th_db_free(&db);
+	th_pg_ctl("stop");
+	ck_assert_int_eq(kill(pids[0], SIGKILL), 0);
+	ck_assert(wait_log(&e, "was terminated by signal 9", DEADLINE_MS));
+	status = th_eavd_stop(&e, SIGTERM, DEADLINE_MS);
+	th_pg_ctl("start");
+	ck_assert_msg(status != -1, "eavd did not exit with the database "
+	    "down (log %s)", e.log);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	    "eavd exited with status 0x%x", status);
+	ck_assert(th_log_contains(&e, "database unreachable at exit"));
+}
+END_TEST
+
 /* SIGHUP with workers = 0: refused, the old configuration keeps running. */
 START_TEST(test_sighup_bad_config)
 {
@@ -598,6 +665,8 @@ suite_supervisor(void)
 	tcase_add_test(tc, test_notify_ready);
 	tcase_add_test(tc, test_sigterm_graceful);
 	tcase_add_test(tc, test_sighup_bad_config);
+	tcase_add_test(tc, test_children_get_validated_config);
+	tcase_add_test(tc, test_sigterm_database_down);
 	tcase_add_test(tc, test_sighup_rolling);
 	tcase_add_test(tc, test_sighup_while_starting);
 	tcase_add_test(tc, test_restart_intensity);

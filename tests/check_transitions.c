@@ -836,6 +836,92 @@ START_TEST(test_reconcile_no_retry)
 }
 END_TEST
 
+/*
+ * A cancelled task runs nothing more, but the unknown outcome of its
+ * non-idempotent step is held with an alarm, and retrying the task is
+ * refused until an operator resolved it.
+ */
+START_TEST(test_reconcile_cancelled_non_idempotent)
+{
+	long long	inc, t, s;
+
+	t = enqueue("demo.notify", "{\"ms\": 1}");
+	inc = node_start(NODE);
+	s = claim_one(inc, 6250);
+	ck_assert_int_eq(s, step_of(t, 1));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT eav.task_cancel($1::bigint)", 1,
+	    num(t)), 0);
+	ck_assert_str_eq(reconcile1(inc, 6250), "held");
+	assert_sql("SELECT state = 'held' AND held_reason = 'unknown_outcome' "
+	    "FROM eav.steps WHERE id = $1::bigint", s);
+	ck_assert_int_eq(ll1("SELECT count(*) FROM eav.alarms WHERE subject = "
+	    "'step:' || $1 AND state = 'open'", s), 1);
+	ck_assert_ptr_nonnull(strstr(th_err(db.conn, "SELECT eav.task_retry("
+	    "$1::bigint)", 1, num(t)), "EA003: step"));
+	ck_assert_str_eq(str1("SELECT state FROM eav.steps WHERE id = "
+	    "$1::bigint", s), "held");
+}
+END_TEST
+
+/* Tools and queues are never deleted: steps refer to them by name. */
+START_TEST(test_no_delete_of_tools_and_queues)
+{
+	ck_assert_ptr_nonnull(strstr(th_err(db.conn, "DELETE FROM eav.tools "
+	    "WHERE name = 'noop'", 0), "EA003"));
+	ck_assert_ptr_nonnull(strstr(th_err(db.conn, "TRUNCATE eav.queues "
+	    "CASCADE", 0), "EA003"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'noop'", 0), 1);
+}
+END_TEST
+
+/*
+ * Two steps with one key in flight at once: the second waits for the
+ * first and gets its outcome (tool_call.deduplicated), not an error.
+ */
+START_TEST(test_ledger_same_key_concurrent)
+{
+	const char	*in = "{\"from\": \"alice\", \"to\": \"bob\", "
+	    "\"amount\": 7}";
+	long long	 inc, t1, t2, s1, s2;
+	PGconn		*other;
+	PGresult	*res;
+	const char	*p[2];
+
+	t1 = th_ll(db.conn, "SELECT eav.enqueue('ledger.transfer', $1::jsonb, "
+	    "p_idempotency_key => 'same')", 1, in);
+	t2 = th_ll(db.conn, "SELECT eav.enqueue('ledger.transfer', $1::jsonb, "
+	    "p_idempotency_key => 'same')", 1, in);
+	inc = node_start(NODE);
+	s1 = claim_one(inc, 6400);
+	s2 = claim_one(inc, 6401);
+	ck_assert_int_eq(s1, step_of(t1, 1));
+	ck_assert_int_eq(s2, step_of(t2, 1));
+	PQclear(th_exec(db.conn, "BEGIN", 0));
+	ck_assert_str_eq(str1("SELECT eav.ledger_transfer($1::bigint, 1, "
+	    "'w1')", s1), "succeeded");
+	other = th_connect(db.dsn);
+	p[0] = num(s2);
+	ck_assert_int_eq(PQsendQueryParams(other, "SELECT eav.ledger_transfer("
+	    "$1::bigint, 1, 'w2')", 1, NULL, p, NULL, NULL, 0), 1);
+	ck_assert(th_wait(db.conn, TH_TIMEOUT_MS, "SELECT count(*) = 1 FROM "
+	    "pg_stat_activity WHERE wait_event = 'advisory'", 0));
+	PQclear(th_exec(db.conn, "COMMIT", 0));
+	res = PQgetResult(other);
+	ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "%s",
+	    PQresultErrorMessage(res));
+	ck_assert_str_eq(PQgetvalue(res, 0, 0), "succeeded");
+	PQclear(res);
+	while ((res = PQgetResult(other)) != NULL)
+		PQclear(res);
+	PQfinish(other);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.ledger_entries WHERE idempotency_key = 'same'", 0), 1);
+	ck_assert_int_eq(audits("tool_call.deduplicated", s2), 1);
+	ck_assert_int_eq(balance("bob"), 1000007);
+}
+END_TEST
+
 /* A reconnected worker releases the steps it owns but never saw. */
 START_TEST(test_worker_resync)
 {
@@ -1381,6 +1467,9 @@ suite_transitions(void)
 	tcase_add_test(tc, test_reconcile_non_idempotent);
 	tcase_add_test(tc, test_reconcile_recorded_outcome);
 	tcase_add_test(tc, test_reconcile_no_retry);
+	tcase_add_test(tc, test_reconcile_cancelled_non_idempotent);
+	tcase_add_test(tc, test_no_delete_of_tools_and_queues);
+	tcase_add_test(tc, test_ledger_same_key_concurrent);
 	tcase_add_test(tc, test_reconcile_incarnation);
 	tcase_add_test(tc, test_reconcile_spares_other_databases);
 	tcase_add_test(tc, test_reconcile_odd_session_names);

@@ -398,21 +398,28 @@ th_run(char *const argv[], const char *out)
 	return status;
 }
 
+/* Runs pg_ctl on the test cluster: "stop", "start" or "restart" (fast). */
 void
-th_pg_restart_fast(void)
+th_pg_ctl(const char *action)
 {
-	char	 log[600], data[512];
-	char	*pg[] = { "/usr/lib/postgresql/15/bin/pg_ctl", "-D",
-		    data, "-l", log, "-m", "fast",
-		    "-w", "-t", "60", "restart", NULL };
+	char	 log[600], data[512], act[16];
+	char	*pg[] = { "/usr/lib/postgresql/15/bin/pg_ctl", "-D", data, "-l",
+		    log, "-m", "fast", "-w", "-t", "60", act, NULL };
 	char	*root[] = { "/usr/sbin/runuser", "-u", "postgres", "--",
-		    pg[0], pg[1], pg[2], pg[3], log, pg[5], pg[6], pg[7], pg[8],
-		    pg[9], pg[10], NULL };
+		    pg[0], pg[1], pg[2], pg[3], pg[4], pg[5], pg[6], pg[7],
+		    pg[8], pg[9], pg[10], NULL };
 	int	 status;
 
+	snprintf(act, sizeof(act), "%s", action);
 	snprintf(data, sizeof(data), "%s", th_env("EAV_TEST_PGDATA"));
 	snprintf(log, sizeof(log), "%s.log", data);
 	status = th_run(getenv("EAV_TEST_AS_PG") ? root : pg, NULL);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-	    "pg_ctl restart failed");
+	    "pg_ctl %s failed", action);
+}
+
+void
+th_pg_restart_fast(void)
+{
+	th_pg_ctl("restart");
 }

@@ -68,6 +68,7 @@ int		 th_run(char *const [], const char *);
 
 /* Restarts the test cluster with pg_ctl restart -m fast. */
 void		 th_pg_restart_fast(void);
+void		 th_pg_ctl(const char *);
 
 /*
  * One Suite per file.  Weak, so a runner can be linked with a subset of

@@ -23,6 +23,7 @@
 
 #define CYCLE_MAX_ROUNDS	16
 #define DB_RETRIES		5
+#define DB_MAX_ERRORS		5	/* failed calls in a row before exit */
 
 static int	cycle_claim(struct worker *, int);
 static struct step *step_new(struct worker *, PGresult *, int);
@@ -49,6 +50,26 @@ outcome_name(enum step_outcome o)
 	}
 }
 
+/*
+ * A call failed.  The outcomes in hand are kept: the connection is
+ * dropped and made again with back-off, and the completion is sent again
+ * then (it is idempotent per claim epoch).  Only a call that keeps
+ * failing for another reason than the connection ends the worker, whose
+ * steps eavd then reconciles.  Returns -1.
+ */
+int
+cycle_db_error(struct worker *w, enum db_status st, const char *what)
+{
+	if (st != DB_CONN_LOST && ++w->db_errors >= DB_MAX_ERRORS)
+		fatalx("%s failed %d times in a row: %s", what, w->db_errors,
+		    w->db.errmsg);
+	if (st != DB_CONN_LOST)
+		log_warnx("%s failed (%s): %s; reconnecting and trying again",
+		    what, db_status_name(st), w->db.errmsg);
+	conn_lost(w);
+	return -1;
+}
+
 /* Asks for a cycle on the next loop iteration. */
 void
 cycle_wake(struct worker *w)
@@ -65,6 +86,7 @@ step_free(struct step *s)
 		event_free(s->timer);
 	json_decref(s->input);
 	json_decref(s->result);
+	free(s->input_error);
 	free(s->tool);
 	free(s->builtin);
 	free(s->error);
@@ -111,10 +133,13 @@ step_new(struct worker *w, PGresult *res, int row)
 	s->tool = xstrdup(PQgetvalue(res, row, 4));
 	builtin = PQgetisnull(res, row, 5) ? "" : PQgetvalue(res, row, 5);
 	s->builtin = xstrdup(builtin);
+	s->timeout_ms = atoi(PQgetvalue(res, row, 9));
+	/* jsonb holds numbers jansson cannot (beyond 64 bits): that step
+	 * fails on its own, the worker goes on. */
 	s->input = json_loads(PQgetvalue(res, row, 6), JSON_DECODE_ANY, &jerr);
 	if (s->input == NULL)
-		fatalx("step %lld: input from the database is not JSON: %s",
-		    s->id, jerr.text);
+		s->input_error = xasprintf("input cannot be read by the "
+		    "worker: %s", jerr.text);
 	return s;
 }
 
@@ -138,16 +163,14 @@ cycle_claim(struct worker *w, int limit)
 		break;
 	case DB_RETRY:
 		return 0;
-	case DB_CONN_LOST:
-		conn_lost(w);
-		return -1;
 	case DB_REFUSED:
 		log_error("claim refused: %s; this worker belongs to a "
 		    "superseded eavd", w->db.errmsg);
 		exit(EAV_EXIT_FATAL);
 	default:
-		fatalx("claim failed: %s", w->db.errmsg);
+		return cycle_db_error(w, st, "claim");
 	}
+	w->db_errors = 0;
 	n = PQntuples(res);
 	for (i = 0; i < n; i++) {
 		s = step_new(w, res, i);
@@ -158,6 +181,10 @@ cycle_claim(struct worker *w, int limit)
 		if (INJECT(INJ_WORKER_AFTER_CLAIM, s->id, s->tool) ==
 		    INJECT_ERROR) {
 			step_finish(s, OUT_RETRY, NULL, "injected error");
+			continue;
+		}
+		if (s->input == NULL) {
+			step_finish(s, OUT_FAILED, NULL, s->input_error);
 			continue;
 		}
 		tool_start(w, s);
@@ -186,13 +213,8 @@ flush_ledger(struct worker *w, struct step *s)
 		if ((st = db_call(&w->db, DB_LEDGER_TRANSFER, params,
 		    &res)) != DB_RETRY)
 			break;
-	if (st == DB_CONN_LOST) {
-		conn_lost(w);
-		return -1;
-	}
 	if (st != DB_OK)
-		fatalx("ledger.transfer of step %lld failed: %s", s->id,
-		    w->db.errmsg);
+		return cycle_db_error(w, st, "ledger.transfer");
 	if (strcmp(PQgetvalue(res, 0, 0), "fenced") == 0)
 		log_warnx("completion of step %lld epoch %lld was fenced: "
 		    "the step was reconciled meanwhile", s->id, s->epoch);
@@ -255,12 +277,8 @@ flush_batch(struct worker *w)
 			break;
 	}
 	free(text);
-	if (st == DB_CONN_LOST) {
-		conn_lost(w);
-		return -1;
-	}
 	if (st != DB_OK)
-		fatalx("completion failed: %s", w->db.errmsg);
+		return cycle_db_error(w, st, "completion");
 	flush_report(w, res);
 	PQclear(res);
 	return 0;
@@ -288,6 +306,7 @@ cycle_flush(struct worker *w)
 	}
 	if (flush_batch(w) == -1)
 		return -1;
+	w->db_errors = 0;
 	while ((s = TAILQ_FIRST(&w->done)) != NULL) {
 		TAILQ_REMOVE(&w->done, s, entry);
 		w->ndone--;

@@ -1,7 +1,8 @@
 /*
  * eav-worker: started by eavd as
- *   eav-worker -n NODE -i INCARNATION -s SLOT [-f eav.conf]
- * with its control socket on fd 3.  It writes "ready" there once set up;
+ *   eav-worker -n NODE -i INCARNATION -s SLOT
+ * with its control socket on fd 3, on which eavd first sends the
+ * configuration it validated.  It writes "ready" there once set up;
  * EOF on fd 3 means eavd is gone.  SIGTERM and SIGINT mean: claim nothing
  * more, finish (or release) what is running, complete it, exit 0.  A
  * lost invariant exits non-zero; eavd decides what the death means.
@@ -25,7 +26,7 @@
 #include "xalloc.h"
 
 static void	usage(void) __attribute__((noreturn));
-static void	worker_args(struct worker *, int, char **, const char **);
+static void	worker_args(struct worker *, int, char **);
 static void	worker_events(struct worker *);
 static void	signal_cb(evutil_socket_t, short, void *);
 static void	ctl_cb(evutil_socket_t, short, void *);
@@ -36,21 +37,18 @@ static void
 usage(void)
 {
 	fprintf(stderr, "usage: eav-worker -n node -i incarnation -s slot "
-	    "[-f config]\n");
+	    "(started by eavd)\n");
 	exit(EAV_EXIT_USAGE);
 }
 
 static void
-worker_args(struct worker *w, int argc, char **argv, const char **cfgpath)
+worker_args(struct worker *w, int argc, char **argv)
 {
 	int	ch;
 
 	w->slot = -1;
-	while ((ch = getopt(argc, argv, "f:i:n:s:")) != -1) {
+	while ((ch = getopt(argc, argv, "i:n:s:")) != -1) {
 		switch (ch) {
-		case 'f':
-			*cfgpath = optarg;
-			break;
 		case 'i':
 			w->incarnation = strtoll(optarg, NULL, 10);
 			break;
@@ -193,17 +191,16 @@ int
 main(int argc, char **argv)
 {
 	struct worker	 w;
-	const char	*cfgpath = NULL;
 	char		 err[512], name[32];
 
 	memset(&w, 0, sizeof(w));
 	TAILQ_INIT(&w.running);
 	TAILQ_INIT(&w.done);
-	worker_args(&w, argc, argv, &cfgpath);
+	worker_args(&w, argc, argv);
 	snprintf(name, sizeof(name), "eav-worker[%d]", w.slot);
 	log_init("eav-worker");
 	clock_seed();
-	if (config_load(&w.cfg, cfgpath, err, sizeof(err)) == -1) {
+	if (config_receive(3, &w.cfg, err, sizeof(err)) == -1) {
 		log_error("%s", err);
 		return EAV_EXIT_CONFIG;
 	}

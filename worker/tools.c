@@ -29,8 +29,13 @@ sleep_done_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	step_finish(s, OUT_SUCCEEDED, json_pack("{s:O?}", "slept_ms",
-	    json_object_get(s->input, "ms")), NULL);
+	if (json_integer_value(json_object_get(s->input, "ms")) >
+	    s->timeout_ms)
+		step_finish(s, OUT_RETRY, NULL, "timed out: input.ms is more "
+		    "than the tool's timeout_ms");
+	else
+		step_finish(s, OUT_SUCCEEDED, json_pack("{s:O?}", "slept_ms",
+		    json_object_get(s->input, "ms")), NULL);
 	cycle_wake(w);
 }
 
@@ -46,7 +51,9 @@ tool_sleep(struct worker *w, struct step *s)
 		    "from 0 to 86400000");
 		return;
 	}
-	tv = clock_tv(json_integer_value(ms));
+	/* A sleep has no effect, so a time-out is a plain retryable failure. */
+	tv = clock_tv(json_integer_value(ms) < s->timeout_ms ?
+	    json_integer_value(ms) : s->timeout_ms);
 	s->timer = evtimer_new(w->base, sleep_done_cb, s);
 	if (s->timer == NULL || evtimer_add(s->timer, &tv) == -1)
 		fatalx("cannot add sleep timer");

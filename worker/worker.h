@@ -34,9 +34,11 @@ struct step {
 	long long		 task_id;
 	long long		 epoch;
 	int			 attempt;
+	int			 timeout_ms;
 	char			*tool;
 	char			*builtin;
-	json_t			*input;
+	json_t			*input;		/* NULL: not representable */
+	char			*input_error;
 	struct event		*timer;
 	enum step_outcome	 outcome;
 	json_t			*result;
@@ -67,6 +69,7 @@ struct worker {
 	int			 ndone;
 
 	struct reconnect	 reconnect;
+	int			 db_errors;	/* failed calls in a row */
 	int			 stopping;
 	int			 old_backend;
 };
@@ -78,6 +81,7 @@ void	conn_lost(struct worker *);
 
 /* cycle.c */
 void	cycle_init(struct worker *);
+int	cycle_db_error(struct worker *, enum db_status, const char *);
 void	cycle_run(struct worker *);
 void	cycle_wake(struct worker *);
 int	cycle_flush(struct worker *);

@@ -25,6 +25,10 @@ LANGUAGE sql AS $$
 $$;
 COMMENT ON FUNCTION eav.audit(text, text, text, uuid, bigint, bigint, jsonb) IS 'Appends one audit event; called by the transition functions inside their transaction.';
 
+CREATE FUNCTION eav.step_id(p_task_id bigint, p_ordinal integer) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT p_task_id * 128 + p_ordinal $$;
+COMMENT ON FUNCTION eav.step_id(bigint, integer) IS 'Id of step p_ordinal of task p_task_id; a task''s steps are ids step_id(t, 1) .. step_id(t, 127).';
+
 CREATE FUNCTION eav.setting(p_name text) RETURNS bigint
 LANGUAGE sql STABLE AS $$ SELECT value FROM eav.settings WHERE name = p_name $$;
 COMMENT ON FUNCTION eav.setting(text) IS 'Value of an eav.settings row.';
@@ -291,9 +295,9 @@ BEGIN
     IF v_n = 0 THEN
         RAISE EXCEPTION 'a task needs at least one step' USING ERRCODE = '22023';
     END IF;
-    IF v_n > eav.setting('max_steps_per_task') THEN
+    IF v_n > least(eav.setting('max_steps_per_task'), 127) THEN
         RAISE EXCEPTION 'a task has at most % steps, not %',
-            eav.setting('max_steps_per_task'), v_n USING ERRCODE = '54000';
+            least(eav.setting('max_steps_per_task'), 127), v_n USING ERRCODE = '54000';
     END IF;
     IF NOT isfinite(v_run_at) THEN
         RAISE EXCEPTION 'run_at must be a finite time' USING ERRCODE = '22023';
@@ -319,9 +323,10 @@ BEGIN
             p_event_id, v_actor)
     RETURNING id INTO v_task;
 
-    INSERT INTO eav.steps (task_id, ordinal, queue, trace_id, tool, input,
+    INSERT INTO eav.steps (id, task_id, ordinal, queue, trace_id, tool, input,
                            idempotency_key, state, max_attempts, run_at)
-    SELECT v_task, n, p_queue, v_trace, s->>'tool', s->'input',
+    SELECT eav.step_id(v_task, n::integer), v_task, n, p_queue, v_trace,
+           s->>'tool', s->'input',
            coalesce(s->>'idempotency_key', format('eav:%s:%s', v_task, n)),
            CASE WHEN n = 1 THEN 'pending' ELSE 'blocked' END,
            (s->>'max_attempts')::integer, v_run_at
@@ -521,8 +526,8 @@ BEGIN
     ), nxt AS (
         UPDATE eav.steps n SET state = 'pending', run_at = now(), updated_at = now()
         FROM d
-        WHERE d.state = 'succeeded' AND n.task_id = d.task_id
-          AND n.ordinal = d.ordinal + 1 AND n.state = 'blocked'
+        WHERE d.state = 'succeeded' AND n.id = d.id + 1
+          AND n.task_id = d.task_id AND n.state = 'blocked'
         RETURNING n.id, n.task_id, n.trace_id, n.ordinal
     ), fin AS (
         UPDATE eav.tasks t
@@ -536,7 +541,8 @@ BEGIN
         UPDATE eav.steps r SET state = 'cancelled', finished_at = now(),
             updated_at = now()
         FROM d
-        WHERE d.state = 'failed' AND r.task_id = d.task_id AND r.state = 'blocked'
+        WHERE d.state = 'failed' AND r.state = 'blocked'
+          AND r.id BETWEEN d.id + 1 AND eav.step_id(d.task_id, 127)
         RETURNING r.id, r.task_id, r.trace_id
     ), aud AS (
         INSERT INTO eav.audit_events (type, outcome, actor, trace_id, task_id, step_id, payload)
@@ -572,6 +578,9 @@ DECLARE
     v_states text[];
     v_terminal bigint[];
 BEGIN
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
     IF v_n IS NULL OR cardinality(p_epochs) IS DISTINCT FROM v_n
        OR cardinality(p_outcomes) IS DISTINCT FROM v_n
        OR cardinality(p_results) IS DISTINCT FROM v_n
@@ -621,7 +630,8 @@ BEGIN
                   OR t.state <> 'active' THEN now() END,
             updated_at = now()
         FROM i, eav.tasks t, eav.queues q
-        WHERE s.id = i.id AND s.claim_epoch = i.epoch AND s.state = 'running'
+        WHERE s.id = i.id AND s.id = ANY (p_step_ids)
+          AND s.claim_epoch = i.epoch AND s.state = 'running'
           AND t.id = s.task_id AND q.name = s.queue
         RETURNING s.id, s.task_id, s.trace_id, s.state, s.attempt, s.max_attempts,
                   s.claim_epoch, s.run_at, i.outcome, i.error
@@ -656,6 +666,11 @@ BEGIN
         PERFORM pg_notify('eav_steps', '');
     END IF;
 
+    IF cardinality(v_ids) = v_n THEN
+        RETURN QUERY SELECT x.id, x.state FROM unnest(v_ids, v_states) AS x(id, state);
+        RETURN;
+    END IF;
+
     -- Completions that did not apply: a repeat of one already applied (the
     -- worker lost the COMMIT acknowledgement), or a stale epoch (fenced).
     RETURN QUERY
@@ -687,22 +702,62 @@ COMMENT ON FUNCTION eav.complete(text, bigint[], bigint[], text[], jsonb[], text
 
 CREATE FUNCTION eav.complete_batch(p_actor text, p_batch jsonb)
 RETURNS TABLE (step_id bigint, status text)
-LANGUAGE sql AS $$
-    WITH b AS (
-        SELECT n, (e->>'id')::bigint AS id, (e->>'epoch')::bigint AS epoch,
-               e->>'outcome' AS outcome,
-               CASE WHEN jsonb_typeof(e->'result') IN ('object', 'array', 'string',
-                                                      'number', 'boolean')
-                    THEN e->'result' END AS result,
-               e->>'error' AS error
-        FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS a(e, n)
-    )
-    SELECT c.step_id, c.status FROM eav.complete(p_actor,
-        ARRAY(SELECT id FROM b ORDER BY n), ARRAY(SELECT epoch FROM b ORDER BY n),
-        ARRAY(SELECT outcome FROM b ORDER BY n), ARRAY(SELECT result FROM b ORDER BY n),
-        ARRAY(SELECT error FROM b ORDER BY n)) c;
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+-- PL/pgSQL, not SQL: a SQL function is parsed and planned at every call.
+DECLARE
+    v_ids bigint[];
+    v_epochs bigint[];
+    v_outcomes text[];
+    v_results jsonb[];
+    v_errors text[];
+BEGIN
+    SELECT array_agg((e->>'id')::bigint ORDER BY n),
+           array_agg((e->>'epoch')::bigint ORDER BY n),
+           array_agg(e->>'outcome' ORDER BY n),
+           array_agg(CASE WHEN jsonb_typeof(e->'result') <> 'null'
+                          THEN e->'result' END ORDER BY n),
+           array_agg(e->>'error' ORDER BY n)
+    INTO v_ids, v_epochs, v_outcomes, v_results, v_errors
+    FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS a(e, n);
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT c.step_id, c.status FROM eav.complete(p_actor, v_ids,
+        v_epochs, v_outcomes, v_results, v_errors) c;
+END;
 $$;
 COMMENT ON FUNCTION eav.complete_batch(text, jsonb) IS 'eav.complete taking one JSON array of {"id", "epoch", "outcome", "result", "error"}, as eav-worker sends it.';
+
+CREATE FUNCTION eav.complete_and_claim(p_actor text, p_batch jsonb,
+    p_node text, p_incarnation bigint, p_pid integer, p_limit integer,
+    p_queues text[] DEFAULT NULL)
+RETURNS TABLE (step_id bigint, task_id bigint, claim_epoch bigint,
+    attempt integer, tool text, builtin text, input text,
+    idempotency_key text, trace_id uuid, timeout_ms integer, status text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+-- A worker's whole cycle in one transaction, so one WAL flush instead of
+-- two: the completions (eav.complete_batch) first, then a claim
+-- (eav.claim).  Both keep their guards; a crash anywhere is reconciled
+-- exactly as if they had been separate.
+BEGIN
+    RETURN QUERY
+    SELECT c.step_id, NULL::bigint, NULL::bigint, NULL::integer, NULL::text,
+           NULL::text, NULL::text, NULL::text, NULL::uuid, NULL::integer,
+           c.status
+    FROM eav.complete_batch(p_actor, p_batch) c
+    WHERE c.status IN ('fenced', 'already_applied');
+    IF p_limit > 0 THEN
+        RETURN QUERY
+        SELECT c.step_id, c.task_id, c.claim_epoch, c.attempt, c.tool,
+               c.builtin, c.input, c.idempotency_key, c.trace_id,
+               c.timeout_ms, 'claimed'::text
+        FROM eav.claim(p_node, p_incarnation, p_pid, p_limit, p_queues) c;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION eav.complete_and_claim(text, jsonb, text, bigint, integer, integer, text[]) IS 'A worker''s cycle in one transaction: completes a batch (eav.complete_batch; rows with status fenced or already_applied report completions that did not apply) and, if p_limit > 0, claims up to p_limit steps (rows with status claimed).';
 
 -- Ledger: the reference exactly-once tool -------------------------------------
 
@@ -1153,18 +1208,23 @@ BEGIN
             p_task_id, t.state USING ERRCODE = 'EA003',
             HINT = 'A held step of an active task is resolved with eav.step_resolve.';
     END IF;
-    IF EXISTS (SELECT 1 FROM eav.steps WHERE task_id = t.id AND state = 'running') THEN
+    IF EXISTS (SELECT 1 FROM eav.steps
+               WHERE id BETWEEN eav.step_id(t.id, 1) AND eav.step_id(t.id, 127)
+                 AND state = 'running') THEN
         RAISE EXCEPTION 'task % still has a running step', p_task_id
             USING ERRCODE = 'EA003', HINT = 'Retry it when the step has finished.';
     END IF;
-    SELECT min(id) INTO v_held FROM eav.steps WHERE task_id = t.id AND state = 'held';
+    SELECT min(id) INTO v_held FROM eav.steps
+    WHERE id BETWEEN eav.step_id(t.id, 1) AND eav.step_id(t.id, 127)
+      AND state = 'held';
     IF v_held IS NOT NULL THEN
         RAISE EXCEPTION 'step % of task % has an unknown outcome and is held',
             v_held, p_task_id USING ERRCODE = 'EA003',
             HINT = 'Resolve it first (eavctl resolve): retrying could repeat its effect.';
     END IF;
     SELECT min(ordinal) INTO v_first FROM eav.steps
-    WHERE task_id = t.id AND state <> 'succeeded';
+    WHERE id BETWEEN eav.step_id(t.id, 1) AND eav.step_id(t.id, 127)
+      AND state <> 'succeeded';
     IF v_first IS NULL THEN
         RAISE EXCEPTION 'task % has no unfinished step', p_task_id
             USING ERRCODE = 'EA003',
@@ -1174,7 +1234,8 @@ BEGIN
         state = CASE WHEN ordinal = v_first THEN 'pending' ELSE 'blocked' END,
         attempt = 0, run_at = now(), finished_at = NULL, held_reason = NULL,
         updated_at = now()
-    WHERE task_id = t.id AND state <> 'succeeded';
+    WHERE id BETWEEN eav.step_id(t.id, 1) AND eav.step_id(t.id, 127)
+      AND state <> 'succeeded';
     UPDATE eav.tasks SET state = 'active', finished_at = NULL WHERE id = t.id;
     PERFORM eav.audit('task.retried', 'success', v_actor, t.trace_id, t.id, NULL,
         jsonb_build_object('previous_state', t.state, 'from_step', v_first));
@@ -1204,7 +1265,8 @@ BEGIN
     WITH c AS (
         UPDATE eav.steps SET state = 'cancelled', finished_at = now(),
             held_reason = NULL, updated_at = now()
-        WHERE task_id = t.id AND state IN ('blocked', 'pending', 'held')
+        WHERE id BETWEEN eav.step_id(t.id, 1) AND eav.step_id(t.id, 127)
+          AND state IN ('blocked', 'pending', 'held')
         RETURNING id
     ), a AS (
         INSERT INTO eav.audit_events (type, outcome, actor, trace_id, task_id, step_id, payload)
@@ -1213,12 +1275,15 @@ BEGIN
         FROM c
     )
     SELECT count(*) INTO v_n FROM c;
-    SELECT id INTO v_running FROM eav.steps WHERE task_id = t.id AND state = 'running';
+    SELECT id INTO v_running FROM eav.steps
+    WHERE id BETWEEN eav.step_id(t.id, 1) AND eav.step_id(t.id, 127)
+      AND state = 'running';
     PERFORM eav.audit('task.cancelled', 'success', v_actor, t.trace_id, t.id, NULL,
         jsonb_build_object('reason', p_reason, 'steps_cancelled', v_n,
                            'running_step', v_running));
     PERFORM eav.alarm_resolve_subject('unknown_outcome_held', 'step:' || s.id, v_actor)
-    FROM eav.steps s WHERE s.task_id = t.id;
+    FROM eav.steps s
+    WHERE s.id BETWEEN eav.step_id(t.id, 1) AND eav.step_id(t.id, 127);
     RETURN v_n;
 END;
 $$;

@@ -16,13 +16,13 @@ SELECT t.id AS task_id,
        s.error AS last_error,
        date_trunc('second', now() - t.created_at) AS age,
        t.trace_id
-FROM eav.tasks t
-CROSS JOIN LATERAL (
-    SELECT * FROM eav.steps s
-    WHERE s.task_id = t.id AND s.state <> 'succeeded'
-    ORDER BY s.ordinal LIMIT 1
-) s
-WHERE t.state = 'active';
+FROM eav.steps s
+JOIN eav.tasks t ON t.id = s.task_id
+-- Steps run in order: an active task has exactly one step that is
+-- pending, running or held (the others are blocked or done), and each of
+-- those states has a partial index.
+WHERE (s.state = 'pending' OR s.state = 'running' OR s.state = 'held')
+  AND t.state = 'active';
 COMMENT ON VIEW eav.proj_active_tasks IS 'Active tasks with the step each is at: table eav.proj_active_tasks.';
 COMMENT ON COLUMN eav.proj_active_tasks.task_id IS 'Task id.';
 COMMENT ON COLUMN eav.proj_active_tasks.queue IS 'Queue.';

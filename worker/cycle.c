@@ -1,8 +1,9 @@
 /*
- * The claim/complete cycle.  A cycle completes what has finished, then
- * claims as many steps as there are free slots (at most batch_size per
- * claim), starts them all at once, completes those that finished at once,
- * and repeats while claims come back full.  Every claimed step is started
+ * The claim/complete cycle.  Each round is one transaction
+ * (eav.complete_and_claim): it completes what has finished and claims as
+ * many steps as there are free slots (at most batch_size), then starts
+ * them all at once; rounds repeat while claims come back full or
+ * outcomes wait.  Every claimed step is started
  * immediately: a step is never "running" in the database while it waits
  * in a local queue, so an unknown outcome always means the tool may have
  * run.
@@ -25,10 +26,13 @@
 #define DB_RETRIES		5
 #define DB_MAX_ERRORS		5	/* failed calls in a row before exit */
 
-static int	cycle_claim(struct worker *, int);
 static struct step *step_new(struct worker *, PGresult *, int);
+static int	cycle_start_claimed(struct worker *, PGresult *);
+static int	cycle_exchange(struct worker *, int);
+static int	exchange_call(struct worker *, const char *, int, PGresult **);
+static char	*batch_json(struct worker *);
 static int	flush_ledger(struct worker *, struct step *);
-static int	flush_batch(struct worker *);
+static int	flush_ledgers(struct worker *);
 static void	flush_report(struct worker *, PGresult *);
 static const char *outcome_name(enum step_outcome);
 static void	cycle_cb(evutil_socket_t, short, void *);
@@ -143,36 +147,17 @@ step_new(struct worker *w, PGresult *res, int row)
 	return s;
 }
 
-/* Claims up to limit steps and starts them; returns how many, or -1. */
+/* Starts the steps a claim returned (rows with status "claimed"). */
 static int
-cycle_claim(struct worker *w, int limit)
+cycle_start_claimed(struct worker *w, PGresult *res)
 {
-	PGresult	*res = NULL;
 	struct step	*s;
-	char		 inc[24], pid[16], lim[16];
-	const char	*params[5] = { w->node, inc, pid, lim, w->queues };
-	enum db_status	 st;
-	int		 i, n;
+	int		 i, n = 0;
 
-	snprintf(inc, sizeof(inc), "%lld", w->incarnation);
-	snprintf(pid, sizeof(pid), "%d", (int)getpid());
-	snprintf(lim, sizeof(lim), "%d", limit);
-	st = db_call(&w->db, DB_CLAIM, params, &res);
-	switch (st) {
-	case DB_OK:
-		break;
-	case DB_RETRY:
-		return 0;
-	case DB_REFUSED:
-		log_error("claim refused: %s; this worker belongs to a "
-		    "superseded eavd", w->db.errmsg);
-		exit(EAV_EXIT_FATAL);
-	default:
-		return cycle_db_error(w, st, "claim");
-	}
-	w->db_errors = 0;
-	n = PQntuples(res);
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < PQntuples(res); i++) {
+		if (strcmp(PQgetvalue(res, i, 10), "claimed") != 0)
+			continue;
+		n++;
 		s = step_new(w, res, i);
 		TAILQ_INSERT_TAIL(&w->running, s, entry);
 		w->nrunning++;
@@ -189,7 +174,6 @@ cycle_claim(struct worker *w, int limit)
 		}
 		tool_start(w, s);
 	}
-	PQclear(res);
 	return n;
 }
 
@@ -229,26 +213,23 @@ flush_report(struct worker *w, PGresult *res)
 
 	(void)w;
 	for (i = 0; i < PQntuples(res); i++) {
-		if (strcmp(PQgetvalue(res, i, 1), "fenced") == 0)
+		if (strcmp(PQgetvalue(res, i, 10), "fenced") == 0)
 			log_warnx("completion of step %s was fenced: the step "
 			    "was reconciled meanwhile", PQgetvalue(res, i, 0));
-		else if (strcmp(PQgetvalue(res, i, 1), "already_applied") == 0)
+		else if (strcmp(PQgetvalue(res, i, 10), "already_applied") == 0)
 			log_info("completion of step %s was already applied",
 			    PQgetvalue(res, i, 0));
 	}
 }
 
-/* Completes every non-ledger step of the done list in one statement. */
-static int
-flush_batch(struct worker *w)
+/* The done list (ledger steps excepted) as a completion batch; the
+ * caller frees the text. */
+static char *
+batch_json(struct worker *w)
 {
 	struct step	*s;
 	json_t		*batch = json_array(), *o;
-	PGresult	*res = NULL;
 	char		*text;
-	const char	*params[2];
-	enum db_status	 st = DB_OK;
-	int		 tries;
 
 	TAILQ_FOREACH(s, &w->done, entry) {
 		if (s->outcome == OUT_LEDGER)
@@ -260,41 +241,18 @@ flush_batch(struct worker *w)
 		if (o == NULL || json_array_append_new(batch, o) == -1)
 			fatalx("cannot build completion batch");
 	}
-	if (json_array_size(batch) == 0) {
-		json_decref(batch);
-		return 0;
-	}
 	if ((text = json_dumps(batch, JSON_COMPACT)) == NULL)
 		fatalx("cannot encode completion batch");
 	json_decref(batch);
-	params[0] = w->actor;
-	params[1] = text;
-	for (tries = 0; tries < DB_RETRIES; tries++) {
-		if ((st = db_send(&w->db, DB_COMPLETE, params)) != DB_OK)
-			break;
-		(void)INJECT(INJ_WORKER_MID_COMPLETE, 0, NULL);
-		if ((st = db_finish(&w->db, DB_COMPLETE, &res)) != DB_RETRY)
-			break;
-	}
-	free(text);
-	if (st != DB_OK)
-		return cycle_db_error(w, st, "completion");
-	flush_report(w, res);
-	PQclear(res);
-	return 0;
+	return text;
 }
 
-/*
- * Completes every step of the done list.  Returns 0, or -1 if the
- * connection broke (the list is kept for after the reconnect).
- */
-int
-cycle_flush(struct worker *w)
+/* Runs the ledger steps of the done list, one transaction each. */
+static int
+flush_ledgers(struct worker *w)
 {
 	struct step	*s, *next;
 
-	if (w->ndone == 0)
-		return 0;
 	TAILQ_FOREACH_SAFE(s, &w->done, entry, next) {
 		if (s->outcome != OUT_LEDGER)
 			continue;
@@ -304,7 +262,62 @@ cycle_flush(struct worker *w)
 		w->ndone--;
 		step_free(s);
 	}
-	if (flush_batch(w) == -1)
+	return 0;
+}
+
+/* Sends one complete-and-claim call, retrying deadlocks; -1 on error. */
+static int
+exchange_call(struct worker *w, const char *batch, int limit, PGresult **res)
+{
+	char		 inc[24], pid[16], lim[16];
+	const char	*params[7] = { w->actor, batch, w->node, inc, pid, lim,
+			    w->queues };
+	enum db_status	 st = DB_OK;
+	int		 tries;
+
+	snprintf(inc, sizeof(inc), "%lld", w->incarnation);
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	snprintf(lim, sizeof(lim), "%d", limit);
+	for (tries = 0; tries < DB_RETRIES; tries++) {
+		if ((st = db_send(&w->db, DB_EXCHANGE, params)) != DB_OK)
+			break;
+		if (w->ndone > 0)
+			(void)INJECT(INJ_WORKER_MID_COMPLETE, 0, NULL);
+		if ((st = db_finish(&w->db, DB_EXCHANGE, res)) != DB_RETRY)
+			break;
+	}
+	if (st == DB_REFUSED) {
+		log_error("claim refused: %s; this worker belongs to a "
+		    "superseded eavd", w->db.errmsg);
+		exit(EAV_EXIT_FATAL);
+	}
+	if (st != DB_OK)
+		return cycle_db_error(w, st, "complete and claim");
+	return 0;
+}
+
+/*
+ * Completes the done list and claims up to limit steps (0: none) in one
+ * transaction, then starts what it claimed.  Returns how many steps were
+ * claimed, or -1 if the call failed (the done list is kept for after the
+ * reconnect).
+ */
+static int
+cycle_exchange(struct worker *w, int limit)
+{
+	struct step	*s;
+	PGresult	*res = NULL;
+	char		*batch;
+	int		 n;
+
+	if (flush_ledgers(w) == -1)
+		return -1;
+	if (w->ndone == 0 && limit == 0)
+		return 0;
+	batch = batch_json(w);
+	n = exchange_call(w, batch, limit, &res);
+	free(batch);
+	if (n == -1)
 		return -1;
 	w->db_errors = 0;
 	while ((s = TAILQ_FIRST(&w->done)) != NULL) {
@@ -312,7 +325,17 @@ cycle_flush(struct worker *w)
 		w->ndone--;
 		step_free(s);
 	}
-	return 0;
+	flush_report(w, res);
+	n = cycle_start_claimed(w, res);
+	PQclear(res);
+	return n;
+}
+
+/* Completes every step of the done list; 0, or -1 (see cycle_exchange). */
+int
+cycle_flush(struct worker *w)
+{
+	return cycle_exchange(w, 0) == -1 ? -1 : 0;
 }
 
 static void
@@ -340,19 +363,16 @@ cycle_run(struct worker *w)
 
 	if (!db_is_connected(&w->db))
 		return;
-	if (cycle_flush(w) == -1)
-		return;
-	for (round = 0; round < CYCLE_MAX_ROUNDS && !w->stopping; round++) {
+	for (round = 0; round < CYCLE_MAX_ROUNDS; round++) {
 		free_slots = w->cfg.worker_concurrency - w->nrunning;
-		if (free_slots <= 0)
-			break;
-		limit = free_slots < w->cfg.worker_batch_size ? free_slots :
+		limit = w->stopping || free_slots <= 0 ? 0 :
+		    free_slots < w->cfg.worker_batch_size ? free_slots :
 		    w->cfg.worker_batch_size;
-		if ((n = cycle_claim(w, limit)) == -1)
+		if (w->ndone == 0 && limit == 0)
+			break;
+		if ((n = cycle_exchange(w, limit)) == -1)
 			return;
-		if (cycle_flush(w) == -1)
-			return;
-		if (n < limit)
+		if (n < limit && w->ndone == 0)
 			break;
 	}
 	/* Wake-ups read by our own calls would otherwise be lost. */

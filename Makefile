@@ -31,7 +31,7 @@ PKGS	= libpq libevent jansson inih libsystemd
 CFLAGS	+= -std=c11 -D_GNU_SOURCE -DEAV_VERSION='"$(VERSION)"' $(OPT) $(WARN) \
 	   -fPIE -MMD -MP -Icommon -Iinject \
 	   $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDFLAGS	+= -pie -Wl,-z,relro,-z,now $(LDSAN)
+LDFLAGS	+= -pie -Wl,-z,relro,-z,now -Wl,--as-needed $(LDSAN)
 LDLIBS	= $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
@@ -61,6 +61,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_task.c \
 		ctl/cmd_status.c \
 		ctl/table.c
+BENCH_SRCS =	bench/eavbench.c
 TEST_SRCS ?=	tests/check_main.c \
 		tests/harness.c \
 		tests/check_config.c \
@@ -82,7 +83,7 @@ BINS	= $(BUILD)/bin/eavd $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
 TESTBIN	= $(BUILD)/bin/check_eav
 
 .PHONY: all run stop check check-build valgrind install uninstall clean deps \
-	lint
+	lint bench
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -118,6 +119,10 @@ $(BUILD)/bin/eavctl: $(call obj,$(CTL_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/bin/eavbench: $(call obj,$(BENCH_SRCS)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(call obj,$(TEST_SRCS)): CFLAGS += $(CHECK_CFLAGS) -Itests
 $(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
@@ -147,6 +152,11 @@ valgrind:
 
 lint:
 	@scripts/lint.sh
+
+bench:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench
+	@bench/run.sh
 
 install: $(BINS)
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin \

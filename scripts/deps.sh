@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the Debian packages eav needs, if any is missing.
-#   scripts/deps.sh [run|check|valgrind]
+#   scripts/deps.sh [run|check|valgrind|bench]
 set -eu
 
 pkgs="gcc make pkg-config libpq-dev libevent-dev check libsystemd-dev
@@ -8,6 +8,7 @@ libjansson-dev libinih-dev postgresql-15 postgresql-client-15"
 case "${1:-run}" in
 check) pkgs="$pkgs systemd" ;;
 valgrind) pkgs="$pkgs systemd valgrind" ;;
+bench) pkgs="$pkgs jq" ;;
 esac
 
 missing=

@@ -860,6 +860,7 @@ DECLARE
     v_idem boolean;
     v_task_state text;
     v_decision text;
+    v_run_at timestamptz;
 BEGIN
     SELECT * INTO s FROM eav.steps
     WHERE id = p_step_id AND claim_epoch = p_epoch AND state = 'running'
@@ -910,11 +911,12 @@ BEGIN
         UPDATE eav.steps SET state = 'pending', error = 'unknown outcome',
             run_at = now() + eav.retry_delay(q.retry_base_ms, q.retry_max_ms, s.attempt),
             updated_at = now()
-        FROM eav.queues q WHERE q.name = s.queue AND eav.steps.id = s.id;
+        FROM eav.queues q WHERE q.name = s.queue AND eav.steps.id = s.id
+        RETURNING eav.steps.run_at INTO v_run_at;
         PERFORM eav.audit('step.retry_scheduled', 'unknown', p_actor, s.trace_id,
             s.task_id, s.id, jsonb_build_object('epoch', p_epoch,
                 'attempt', s.attempt, 'max_attempts', s.max_attempts,
-                'idempotency_key', s.idempotency_key));
+                'idempotency_key', s.idempotency_key, 'run_at', v_run_at));
         PERFORM pg_notify('eav_steps', '');
         RETURN 'retry';
     END IF;

@@ -44,7 +44,8 @@ COMMON_SRCS =	common/clock.c \
 		common/migrate.c \
 		common/spawn.c \
 		common/xalloc.c \
-		inject/inject.c
+		inject/inject.c \
+		inject/inject_db.c
 SUPERVISOR_SRCS = supervisor/main.c \
 		supervisor/child.c \
 		supervisor/notify.c \
@@ -60,6 +61,7 @@ PRODUCER_SRCS =	producer/main.c \
 CTL_SRCS =	ctl/main.c \
 		ctl/cmd_task.c \
 		ctl/cmd_status.c \
+		ctl/cmd_lab.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 TEST_SRCS ?=	tests/check_main.c \

@@ -309,7 +309,10 @@ db_exec_literal(struct db *db, const char *literal)
 	return st;
 }
 
-/* Reads pending input and discards notifications; returns how many. */
+/*
+ * Reads pending notifications and returns how many wake-ups they were; a
+ * change of the armed injections only sets db->inject_changed.
+ */
 int
 db_drain_notifies(struct db *db)
 {
@@ -319,8 +322,11 @@ db_drain_notifies(struct db *db)
 	if (db->conn == NULL)
 		return 0;
 	while ((n = PQnotifies(db->conn)) != NULL) {
+		if (strcmp(n->relname, "eav_inject") == 0)
+			db->inject_changed = 1;
+		else
+			count++;
 		PQfreemem(n);
-		count++;
 	}
 	return count;
 }

@@ -33,6 +33,7 @@ struct db {
 	int		 backend_pid;
 	char		 sqlstate[6];
 	char		 errmsg[1024];
+	int		 inject_changed;	/* NOTIFY eav_inject seen */
 };
 
 int		 db_connect(struct db *, const char *, const char *);

@@ -2,7 +2,8 @@
  * eavctl: the operator's command line.  Every command calls the same SQL
  * functions as psql users do, with the operator as the audited actor.
  * Exit codes: 0 done, 2 bad usage or input refused by eav (one line on
- * stderr), 1 anything else (e.g. the database cannot be reached).
+ * stderr), 3 eavctl check found a violated invariant, 1 anything else
+ * (e.g. the database cannot be reached).
  */
 #ifndef EAV_CTL_CTL_H
 #define EAV_CTL_CTL_H
@@ -41,6 +42,10 @@ int	cmd_event(struct ctl *, int, char **);
 /* cmd_status.c */
 int	cmd_status(struct ctl *, int, char **);
 int	cmd_migrate(struct ctl *, int, char **);
+
+/* cmd_lab.c */
+int	cmd_inject(struct ctl *, int, char **);
+int	cmd_check(struct ctl *, int, char **);
 
 /* table.c */
 void	table_print(PGresult *, const char *const *, int);

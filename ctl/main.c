@@ -29,6 +29,10 @@ static const struct ctl_cmd cmds[] = {
 	    "retry|succeeded|failed" },
 	{ "event", cmd_event, "event source event_key type body" },
 	{ "status", cmd_status, "status" },
+	{ "inject", cmd_inject, "inject list [-a] | inject points | "
+	    "inject arm [-n count] [-s step_id] [-t tool] point "
+	    "action[:arg] | inject disarm id|all" },
+	{ "check", cmd_check, "check [-q]   (-q: the queue has drained)" },
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
 

@@ -2,9 +2,11 @@
  * Armed specs come from EAV_INJECT at start:
  *   point=action[:arg][,count=N][,step=ID][,tool=NAME][;...]
  * with action crash (SIGKILL self), delay:<ms>, error, exit:<code> or
- * drop (the database connection).  A spec fires count times (default:
- * every time) when its step and tool match.  Every firing is logged at
- * warning level and counted.
+ * drop (the database connection), and live from eav.inject_points
+ * (inject_db.c).  A spec fires count times (default: every time) when its
+ * step and tool match; the count of a live spec is kept in the database,
+ * for all processes, and each firing is taken there before it acts.
+ * Every firing is logged at warning level and counted.
  */
 #include <errno.h>
 #include <signal.h>
@@ -28,20 +30,34 @@ struct inject_spec {
 	long			count;		/* -1: unlimited */
 	long long		step;		/* 0: any */
 	char			tool[64];	/* "": any */
+	long long		dbid;		/* eav.inject_points.id; 0: env */
 };
 
 volatile int			inject_armed;
 static struct inject_spec	specs[INJECT_MAX_SPECS];
 static int			nspecs;
 static long			fired[INJ_NPOINTS];
+static inject_taker		taker;
 
 static const char *const point_names[INJ_NPOINTS] = {
-#define INJECT_POINT(id, name) [id] = name,
+#define INJECT_POINT(id, name, acts) [id] = name,
 #include "points.def"
 #undef INJECT_POINT
 };
 
+/* The actions besides crash, delay and exit each point has a path for. */
+static const int point_actions[INJ_NPOINTS] = {
+#define INJECT_POINT(id, name, acts) [id] = acts,
+#include "points.def"
+#undef INJECT_POINT
+};
+
+static const char *const action_names[] = { "crash", "delay", "error",
+    "exit", "drop" };
+
 static int	inject_parse_option(struct inject_spec *, const char *, char *,
+		    size_t);
+static int	inject_parse(const char *, struct inject_spec *, char *,
 		    size_t);
 static void	inject_do(const struct inject_spec *);
 
@@ -50,6 +66,13 @@ const char *
 inject_point_name(enum inject_point p)
 {
 	return point_names[p];
+}
+
+/* Returns the INJ_ACT_* flags of the actions a point has a path for. */
+int
+inject_point_actions(enum inject_point p)
+{
+	return point_actions[p];
 }
 
 /* Returns how many times a point has fired in this process. */
@@ -85,62 +108,168 @@ bad:
 	return -1;
 }
 
-/* Parses one spec (point=action...) and arms it. */
+/* Looks a point up by name; -1 if there is none. */
 int
-inject_arm(const char *text, char *err, size_t errlen)
+inject_point_find(const char *name)
 {
-	struct inject_spec	 sp;
-	char			 buf[256], *eq, *act, *opt, *save, *colon;
-	int			 i;
+	int	i;
 
+	for (i = 0; i < INJ_NPOINTS; i++)
+		if (strcmp(name, point_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/*
+ * Fills the point and action of a spec, refusing an action the point has
+ * no path for (an error where nothing can fail would silently do nothing).
+ */
+static int
+inject_set(struct inject_spec *sp, const char *point, const char *act,
+    char *err, size_t errlen)
+{
+	int	p, a;
+
+	if ((p = inject_point_find(point)) == -1) {
+		snprintf(err, errlen, "unknown injection point \"%s\"", point);
+		return -1;
+	}
+	for (a = 0; a <= ACT_DROP; a++)
+		if (strcmp(act, action_names[a]) == 0)
+			break;
+	if (a > ACT_DROP) {
+		snprintf(err, errlen, "unknown injection action \"%s\" (crash, "
+		    "delay:<ms>, error, exit:<code>, drop)", act);
+		return -1;
+	}
+	if ((a == ACT_ERROR && !(point_actions[p] & INJ_ACT_ERROR)) ||
+	    (a == ACT_DROP && !(point_actions[p] & INJ_ACT_DROP))) {
+		snprintf(err, errlen, "injection point %s has no %s path",
+		    point, act);
+		return -1;
+	}
+	sp->point = p;
+	sp->action = a;
+	return 0;
+}
+
+static int
+inject_push(const struct inject_spec *sp, char *err, size_t errlen)
+{
 	if (nspecs == INJECT_MAX_SPECS) {
 		snprintf(err, errlen, "too many injection specs");
 		return -1;
 	}
+	specs[nspecs++] = *sp;
+	inject_armed = 1;
+	return 0;
+}
+
+/* Parses one spec (point=action...) without arming it. */
+static int
+inject_parse(const char *text, struct inject_spec *out, char *err,
+    size_t errlen)
+{
+	struct inject_spec	 sp;
+	char			 buf[256], *eq, *act, *opt, *save, *colon, *end;
+
 	memset(&sp, 0, sizeof(sp));
 	sp.count = -1;
+	if (strlen(text) >= sizeof(buf)) {
+		snprintf(err, errlen, "injection spec too long");
+		return -1;
+	}
 	snprintf(buf, sizeof(buf), "%s", text);
 	if ((eq = strchr(buf, '=')) == NULL) {
 		snprintf(err, errlen, "injection spec \"%s\" has no '='", text);
 		return -1;
 	}
 	*eq = '\0';
-	for (i = 0; i < INJ_NPOINTS; i++)
-		if (strcmp(buf, point_names[i]) == 0)
-			break;
-	if (i == INJ_NPOINTS) {
-		snprintf(err, errlen, "unknown injection point \"%s\"", buf);
-		return -1;
-	}
-	sp.point = i;
 	act = strtok_r(eq + 1, ",", &save);
 	if (act == NULL)
 		act = "";
 	if ((colon = strchr(act, ':')) != NULL) {
 		*colon++ = '\0';
-		sp.arg = strtol(colon, NULL, 10);
+		sp.arg = strtol(colon, &end, 10);
+		if (*colon == '\0' || *end != '\0' || sp.arg < 0 ||
+		    sp.arg > 3600000) {
+			snprintf(err, errlen, "invalid injection argument "
+			    "\"%s\"", colon);
+			return -1;
+		}
 	}
-	if (strcmp(act, "crash") == 0)
-		sp.action = ACT_CRASH;
-	else if (strcmp(act, "delay") == 0 && colon != NULL && sp.arg >= 0)
-		sp.action = ACT_DELAY;
-	else if (strcmp(act, "error") == 0)
-		sp.action = ACT_ERROR;
-	else if (strcmp(act, "exit") == 0 && colon != NULL)
-		sp.action = ACT_EXIT;
-	else if (strcmp(act, "drop") == 0)
-		sp.action = ACT_DROP;
-	else {
-		snprintf(err, errlen, "unknown injection action \"%s\" (crash, "
-		    "delay:<ms>, error, exit:<code>, drop)", act);
+	if (inject_set(&sp, buf, act, err, errlen) == -1)
+		return -1;
+	if ((sp.action == ACT_DELAY || sp.action == ACT_EXIT) &&
+	    colon == NULL) {
+		snprintf(err, errlen, "injection action %s needs an argument "
+		    "(%s:<n>)", act, act);
 		return -1;
 	}
 	while ((opt = strtok_r(NULL, ",", &save)) != NULL)
 		if (inject_parse_option(&sp, opt, err, errlen) == -1)
 			return -1;
-	specs[nspecs++] = sp;
-	inject_armed = 1;
+	*out = sp;
 	return 0;
+}
+
+/* Checks a spec as inject_arm would, arming nothing (eavctl inject). */
+int
+inject_validate(const char *text, char *err, size_t errlen)
+{
+	struct inject_spec	sp;
+
+	return inject_parse(text, &sp, err, errlen);
+}
+
+/* Parses one spec (point=action...) and arms it. */
+int
+inject_arm(const char *text, char *err, size_t errlen)
+{
+	struct inject_spec	sp;
+
+	if (inject_parse(text, &sp, err, errlen) == -1)
+		return -1;
+	return inject_push(&sp, err, errlen);
+}
+
+/* Arms a spec read from eav.inject_points (already checked there). */
+int
+inject_arm_db(long long dbid, const char *point, const char *act, long arg,
+    long long step, const char *tool, char *err, size_t errlen)
+{
+	struct inject_spec	sp;
+
+	memset(&sp, 0, sizeof(sp));
+	sp.count = -1;
+	sp.dbid = dbid;
+	sp.arg = arg;
+	sp.step = step;
+	if (tool != NULL)
+		snprintf(sp.tool, sizeof(sp.tool), "%s", tool);
+	if (inject_set(&sp, point, act, err, errlen) == -1)
+		return -1;
+	return inject_push(&sp, err, errlen);
+}
+
+/* Drops the specs that came from the database, before loading them again. */
+void
+inject_clear_db(void)
+{
+	int	i, n = 0;
+
+	for (i = 0; i < nspecs; i++)
+		if (specs[i].dbid == 0)
+			specs[n++] = specs[i];
+	nspecs = n;
+	inject_armed = nspecs > 0;
+}
+
+/* Sets who takes a database-armed firing before it acts. */
+void
+inject_set_taker(inject_taker fn)
+{
+	taker = fn;
 }
 
 /* Arms the specs of EAV_INJECT, if set.  Returns 0 or -1 with err. */
@@ -195,8 +324,6 @@ inject_do(const struct inject_spec *sp)
 int
 inject_fire(enum inject_point p, long long step, const char *tool)
 {
-	static const char *const acts[] = { "crash", "delay", "error", "exit",
-	    "drop" };
 	struct inject_spec	*sp;
 	int			 i;
 
@@ -207,12 +334,15 @@ inject_fire(enum inject_point p, long long step, const char *tool)
 		    (sp->tool[0] != '\0' &&
 		    (tool == NULL || strcmp(sp->tool, tool) != 0)))
 			continue;
+		if (sp->dbid != 0 && (taker == NULL || !taker(sp->dbid, step)))
+			continue;
 		if (sp->count > 0)
 			sp->count--;
 		fired[p]++;
 		log_warnx("injection point %s fired: %s arg=%ld step=%lld "
-		    "tool=%s", point_names[p], acts[sp->action], sp->arg, step,
-		    tool ? tool : "-");
+		    "tool=%s%s", point_names[p], action_names[sp->action],
+		    sp->arg, step, tool ? tool : "-",
+		    sp->dbid != 0 ? " (armed in eav.inject_points)" : "");
 		inject_do(sp);
 		if (sp->action == ACT_ERROR)
 			return INJECT_ERROR;

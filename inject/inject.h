@@ -8,8 +8,12 @@
 
 #include <stddef.h>
 
+/* Actions a point has a code path for, besides crash, delay and exit. */
+#define INJ_ACT_ERROR	0x1
+#define INJ_ACT_DROP	0x2
+
 enum inject_point {
-#define INJECT_POINT(id, name) id,
+#define INJECT_POINT(id, name, acts) id,
 #include "points.def"
 #undef INJECT_POINT
 	INJ_NPOINTS
@@ -21,10 +25,20 @@ enum inject_result {
 	INJECT_DROP		/* the caller drops its database connection */
 };
 
+/* Takes one firing of database spec id (for step); 1 if it may act. */
+typedef int	(*inject_taker)(long long, long long);
+
 extern volatile int	inject_armed;
 
 int		 inject_init_env(char *, size_t);
 int		 inject_arm(const char *, char *, size_t);
+int		 inject_validate(const char *, char *, size_t);
+int		 inject_point_actions(enum inject_point);
+int		 inject_arm_db(long long, const char *, const char *, long,
+		    long long, const char *, char *, size_t);
+void		 inject_clear_db(void);
+void		 inject_set_taker(inject_taker);
+int		 inject_point_find(const char *);
 int		 inject_fire(enum inject_point, long long, const char *);
 const char	*inject_point_name(enum inject_point);
 long		 inject_fired(enum inject_point);

@@ -15,6 +15,7 @@
 
 #include "clock.h"
 #include "inject.h"
+#include "inject_db.h"
 #include "log.h"
 #include "producer.h"
 
@@ -28,6 +29,7 @@ static void	ingest_poll_cb(evutil_socket_t, short, void *);
 static int	ingest_try(void *);
 static void	ingest_up(void *, int64_t);
 static void	demo_cb(evutil_socket_t, short, void *);
+static void	ingest_inject_reload(struct producer *);
 
 /* Asks for an ingest cycle on the next loop iteration. */
 void
@@ -51,6 +53,18 @@ ingest_read_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (db_drain_notifies(&p->db) > 0)
 		ingest_wake(p);
+	ingest_inject_reload(p);
+}
+
+/* Loads the armed injections again after NOTIFY eav_inject. */
+static void
+ingest_inject_reload(struct producer *p)
+{
+	if (p->db.inject_changed && db_is_connected(&p->db) &&
+	    inject_db_subscribe(&p->db, "producer") != DB_OK) {
+		log_warnx("cannot load injections: %s", p->db.errmsg);
+		ingest_lost(p);
+	}
 }
 
 static void
@@ -73,7 +87,8 @@ ingest_connect(struct producer *p)
 		log_warnx("cannot connect to the database: %s", p->db.errmsg);
 		return -1;
 	}
-	if (db_exec(&p->db, "LISTEN eav_inbox") != DB_OK) {
+	if (db_exec(&p->db, "LISTEN eav_inbox") != DB_OK ||
+	    inject_db_subscribe(&p->db, "producer") != DB_OK) {
 		db_close(&p->db);
 		return -1;
 	}
@@ -167,6 +182,8 @@ ingest_cb(evutil_socket_t fd, short what, void *arg)
 	if (n >= 0 && (round == INGEST_MAX_ROUNDS ||
 	    db_drain_notifies(&p->db) > 0))
 		ingest_wake(p);
+	if (n >= 0)
+		ingest_inject_reload(p);
 }
 
 /* Creates the cycle, poll and reconnect machinery. */

@@ -19,6 +19,7 @@
 #include "clock.h"
 #include "exitcode.h"
 #include "inject.h"
+#include "inject_db.h"
 #include "log.h"
 #include "producer.h"
 
@@ -141,6 +142,7 @@ producer_free(struct producer *p)
 			event_free(evs[i]);
 	reconnect_free(&p->reconnect);
 	db_close(&p->db);
+	inject_db_close();
 	event_base_free(p->base);
 	config_free(&p->cfg);
 }
@@ -167,13 +169,14 @@ main(int argc, char **argv)
 		log_error("EAV_INJECT: %s", err);
 		return EAV_EXIT_CONFIG;
 	}
-	(void)INJECT(INJ_PRODUCER_STARTUP, 0, NULL);
 	snprintf(p.actor, sizeof(p.actor), "producer:%s/%lld/%d", p.node,
 	    p.incarnation, (int)getpid());
+	inject_db_init(p.cfg.dsn, p.actor);
 	producer_events(&p);
 	ingest_init(&p);
 	if (ingest_connect(&p) == -1)
 		ingest_lost(&p);
+	(void)INJECT(INJ_PRODUCER_STARTUP, 0, NULL);
 	demo_init(&p);
 	log_info("started node=%s incarnation=%lld batch=%d", p.node,
 	    p.incarnation, p.cfg.producer_batch_size);

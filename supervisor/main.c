@@ -32,6 +32,7 @@
 #include "db.h"
 #include "exitcode.h"
 #include "inject.h"
+#include "inject_db.h"
 #include "log.h"
 #include "migrate.h"
 #include "supervisor.h"
@@ -443,6 +444,7 @@ sup_free(struct sup *sup)
 	if (sup->exit_ev)
 		event_free(sup->exit_ev);
 	sdb_free(sup->db);
+	inject_db_close();
 	event_base_free(sup->base);
 	config_free(&sup->cfg);
 }
@@ -502,6 +504,7 @@ main(int argc, char **argv)
 	sup_signals(&sup);
 	memset(&db, 0, sizeof(db));
 	sup_startup_db(&sup, &db);
+	inject_db_init(sup.cfg.dsn, sup.actor);
 	sup.db = sdb_new(&sup, &db);
 	child_init_table(&sup);
 	sup.state = SUP_RUNNING;

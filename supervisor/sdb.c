@@ -16,6 +16,7 @@
 
 #include "clock.h"
 #include "inject.h"
+#include "inject_db.h"
 #include "log.h"
 #include "supervisor.h"
 #include "xalloc.h"
@@ -60,6 +61,7 @@ static void	sdb_connect_cb(evutil_socket_t, short, void *);
 static void	sdb_done(struct sdb *, enum db_status);
 static void	sdb_req_free(struct sdb_req *);
 static void	sdb_shed(struct sdb *);
+static void	sdb_inject_subscribe(struct sdb *);
 
 /* Takes over a connected, migrated struct db from start-up. */
 struct sdb *
@@ -78,7 +80,33 @@ sdb_new(struct sup *sup, struct db *db)
 		fatalx("cannot make the database connection non-blocking");
 	s->ready = 1;
 	sdb_watch(s);
+	sdb_inject_subscribe(s);
 	return s;
+}
+
+static void
+sdb_inject_loaded(struct sup *sup, void *arg, PGresult *res,
+    enum db_status st)
+{
+	(void)sup;
+	(void)arg;
+	if (res != NULL)
+		inject_db_load(res);
+	else
+		log_warnx("cannot load injections (%s)", db_status_name(st));
+}
+
+/*
+ * (Re)subscribes to eav_inject and loads the armed injections: at start,
+ * after a reconnect (a new session listens to nothing) and on NOTIFY.
+ */
+static void
+sdb_inject_subscribe(struct sdb *s)
+{
+	const char	*params[1] = { "supervisor" };
+
+	s->db.inject_changed = 0;
+	sdb_submit(s, DB_INJECT_SUBSCRIBE, params, sdb_inject_loaded, NULL, 0);
 }
 
 static void
@@ -271,6 +299,8 @@ sdb_read_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	(void)db_drain_notifies(&s->db);
+	if (s->db.inject_changed)
+		sdb_inject_subscribe(s);
 	while (s->busy && !PQisBusy(s->db.conn)) {
 		if ((res = PQgetResult(s->db.conn)) != NULL) {
 			if (s->res == NULL)
@@ -352,6 +382,7 @@ sdb_connect_poll(struct sdb *s, PostgresPollingStatusType ps)
 		}
 		s->ready = 1;
 		sdb_watch(s);
+		sdb_inject_subscribe(s);
 		sdb_kick(s);
 		return;
 	}

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "inject_db.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -39,6 +40,19 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (db_drain_notifies(&w->db) > 0)
 		cycle_wake(w);
+	conn_inject_reload(w);
+}
+
+/* Loads the armed injections again after NOTIFY eav_inject. */
+void
+conn_inject_reload(struct worker *w)
+{
+	enum db_status	st;
+
+	if (!w->db.inject_changed || !db_is_connected(&w->db))
+		return;
+	if ((st = inject_db_subscribe(&w->db, "worker")) != DB_OK)
+		(void)cycle_db_error(w, st, "load injections");
 }
 
 /* Releases steps this worker owns but does not know (see header). */
@@ -99,6 +113,7 @@ conn_open(struct worker *w)
 		return -1;
 	}
 	if (db_exec(&w->db, "LISTEN eav_steps") != DB_OK ||
+	    inject_db_subscribe(&w->db, "worker") != DB_OK ||
 	    (w->reconnect.lost_since != 0 && conn_resync(w) == -1)) {
 		db_close(&w->db);
 		return -1;

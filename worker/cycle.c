@@ -189,10 +189,6 @@ flush_ledger(struct worker *w, struct step *s)
 
 	snprintf(id, sizeof(id), "%lld", s->id);
 	snprintf(epoch, sizeof(epoch), "%lld", s->epoch);
-	if (INJECT(INJ_WORKER_BEFORE_EFFECT, s->id, s->tool) == INJECT_DROP) {
-		conn_lost(w);
-		return -1;
-	}
 	for (tries = 0; tries < DB_RETRIES; tries++)
 		if ((st = db_call(&w->db, DB_LEDGER_TRANSFER, params,
 		    &res)) != DB_RETRY)
@@ -310,6 +306,11 @@ cycle_exchange(struct worker *w, int limit)
 	char		*batch;
 	int		 n;
 
+	if (w->inject_drop) {
+		w->inject_drop = 0;
+		conn_lost(w);
+		return -1;
+	}
 	if (flush_ledgers(w) == -1)
 		return -1;
 	if (w->ndone == 0 && limit == 0)
@@ -378,5 +379,6 @@ cycle_run(struct worker *w)
 	/* Wake-ups read by our own calls would otherwise be lost. */
 	if (round == CYCLE_MAX_ROUNDS || db_drain_notifies(&w->db) > 0)
 		cycle_wake(w);
+	conn_inject_reload(w);
 	worker_maybe_exit(w);
 }

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "exitcode.h"
 #include "inject.h"
+#include "inject_db.h"
 #include "log.h"
 #include "worker.h"
 #include "xalloc.h"
@@ -182,6 +183,7 @@ worker_free(struct worker *w)
 	if (w->db_ev)
 		event_free(w->db_ev);
 	db_close(&w->db);
+	inject_db_close();
 	event_base_free(w->base);
 	free(w->queues);
 	config_free(&w->cfg);
@@ -209,15 +211,16 @@ main(int argc, char **argv)
 		log_error("EAV_INJECT: %s", err);
 		return EAV_EXIT_CONFIG;
 	}
-	(void)INJECT(INJ_WORKER_STARTUP, 0, NULL);
 	snprintf(w.actor, sizeof(w.actor), "worker:%s/%lld/%d", w.node,
 	    w.incarnation, (int)getpid());
+	inject_db_init(w.cfg.dsn, w.actor);
 	w.queues = queues_literal(w.cfg.worker_queues);
 	worker_events(&w);
 	cycle_init(&w);
 	conn_init(&w);
 	if (conn_open(&w) == -1)
 		conn_lost(&w);
+	(void)INJECT(INJ_WORKER_STARTUP, 0, NULL);
 	log_info("%s started node=%s incarnation=%lld concurrency=%d "
 	    "batch=%d", name, w.node, w.incarnation,
 	    w.cfg.worker_concurrency, w.cfg.worker_batch_size);

@@ -85,13 +85,18 @@ tool_start(struct worker *w, struct step *s)
 		step_finish(s, OUT_FAILED, NULL, "input must be a JSON object");
 		return;
 	}
+	switch (INJECT(INJ_WORKER_BEFORE_EFFECT, s->id, s->tool)) {
+	case INJECT_ERROR:
+		step_finish(s, OUT_RETRY, NULL, "injected error");
+		return;
+	case INJECT_DROP:
+		/* Dropped before the next call, i.e. before a ledger effect. */
+		w->inject_drop = 1;
+		break;
+	}
 	if (strcmp(s->builtin, "ledger.transfer") == 0) {
 		/* The effect runs at flush, in the completing transaction. */
 		step_finish(s, OUT_LEDGER, NULL, NULL);
-		return;
-	}
-	if (INJECT(INJ_WORKER_BEFORE_EFFECT, s->id, s->tool) == INJECT_ERROR) {
-		step_finish(s, OUT_RETRY, NULL, "injected error");
 		return;
 	}
 	if (strcmp(s->builtin, "noop") == 0)

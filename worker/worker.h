@@ -72,12 +72,14 @@ struct worker {
 	int			 db_errors;	/* failed calls in a row */
 	int			 stopping;
 	int			 old_backend;
+	int			 inject_drop;	/* worker.before_effect=drop */
 };
 
 /* conn.c */
 void	conn_init(struct worker *);
 int	conn_open(struct worker *);
 void	conn_lost(struct worker *);
+void	conn_inject_reload(struct worker *);
 
 /* cycle.c */
 void	cycle_init(struct worker *);

@@ -4,7 +4,11 @@
 #   make run        install missing packages, build, start eavd on ./var
 #   make stop       stop the private cluster under ./var
 #   make check      the whole test suite (sanitized) on a private cluster
+#   make check-fm   docs/03-failure-modes.md against the tests and the last
+#                   make check run (CHECK_LOG=...xml for another run's log)
 #   make valgrind   the worker and supervisor suites under valgrind
+#   make soak-ci    the chaos soak of CI (about 4 minutes; SEEDS=all: 3 seeds)
+#   make soak       the long chaos soak (about 25 minutes; not in CI)
 #   make install    PREFIX=/usr/local DESTDIR=
 
 ifeq ($(origin CC),default)
@@ -64,6 +68,11 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_lab.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
+SOAK_SRCS =	tests/chaos/main.c \
+		tests/chaos/client.c \
+		tests/chaos/nemesis.c \
+		tests/chaos/check.c \
+		tests/chaos/util.c
 TEST_SRCS ?=	tests/check_main.c \
 		tests/harness.c \
 		tests/check_config.c \
@@ -73,7 +82,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_producer.c \
 		tests/check_supervisor.c \
 		tests/check_crash.c \
-		tests/check_ctl.c
+		tests/check_ctl.c \
+		tests/check_inject.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c
@@ -84,8 +94,8 @@ BINS	= $(BUILD)/bin/eavd $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
 	  $(BUILD)/bin/eavctl
 TESTBIN	= $(BUILD)/bin/check_eav
 
-.PHONY: all run stop check check-build valgrind install uninstall clean deps \
-	lint bench
+.PHONY: all run stop check check-build check-fm valgrind install uninstall \
+	clean deps lint bench
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -125,6 +135,10 @@ $(BUILD)/bin/eavbench: $(call obj,$(BENCH_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/bin/eavsoak: $(call obj,$(SOAK_SRCS)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(call obj,$(TEST_SRCS)): CFLAGS += $(CHECK_CFLAGS) -Itests
 $(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
@@ -147,6 +161,10 @@ check:
 	@$(MAKE) --no-print-directory SANITIZE=1 check-build
 	@tests/run.sh build/asan
 
+CHECK_LOG ?= build/asan/check-results.xml
+check-fm:
+	@scripts/check-fm.sh $(CHECK_LOG)
+
 valgrind:
 	@scripts/deps.sh valgrind
 	@$(MAKE) --no-print-directory all
@@ -159,6 +177,19 @@ bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench
 	@bench/run.sh
+
+# SEEDS: empty (one of three fixed seeds, picked by the commit), all, or
+# a number.
+.PHONY: soak soak-ci
+soak-ci:
+	@scripts/deps.sh
+	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavsoak
+	@tests/chaos/soak.sh ci $(SEEDS)
+
+soak:
+	@scripts/deps.sh
+	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavsoak
+	@tests/chaos/soak.sh long $(SEEDS)
 
 install: $(BINS)
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin \

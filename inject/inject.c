@@ -30,7 +30,7 @@ struct inject_spec {
 	long			count;		/* -1: unlimited */
 	long long		step;		/* 0: any */
 	char			tool[64];	/* "": any */
-	long long		dbid;		/* eav.inject_points.id; 0: env */
+	long long		dbid;		/* inject_points.id; 0: env */
 };
 
 volatile int			inject_armed;

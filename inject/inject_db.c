@@ -38,8 +38,8 @@ inject_db_take(long long dbid, long long step)
 		snprintf(appname, sizeof(appname), "eav-inject:%d",
 		    (int)getpid());
 		if (db_connect(&side, side_dsn, appname) == -1) {
-			log_warnx("injection %lld not fired: cannot connect: %s",
-			    dbid, side.errmsg);
+			log_warnx("injection %lld not fired: cannot "
+			    "connect: %s", dbid, side.errmsg);
 			return 0;
 		}
 	}

@@ -48,10 +48,20 @@ COMMENT ON COLUMN eav.inject_points.armed_at IS 'When it was armed.';
 COMMENT ON COLUMN eav.inject_points.fired IS 'Times it fired, over all processes.';
 COMMENT ON COLUMN eav.inject_points.disarmed_at IS 'When it was disarmed; NULL while armed.';
 
+-- Rows stay: they are the record of what was injected and how often.
+CREATE FUNCTION eav.inject_points_refuse_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'eav.inject_points rows are never deleted'
+        USING ERRCODE = 'EA003',
+              HINT = 'Disarm with eav.inject_disarm(id) or eavctl inject disarm.';
+END;
+$$;
+COMMENT ON FUNCTION eav.inject_points_refuse_delete() IS 'Trigger that refuses DELETE and TRUNCATE on eav.inject_points.';
 CREATE TRIGGER inject_points_no_delete BEFORE DELETE ON eav.inject_points
-    FOR EACH ROW EXECUTE FUNCTION eav.refuse_delete();
+    FOR EACH ROW EXECUTE FUNCTION eav.inject_points_refuse_delete();
 CREATE TRIGGER inject_points_no_truncate BEFORE TRUNCATE ON eav.inject_points
-    FOR EACH STATEMENT EXECUTE FUNCTION eav.refuse_delete();
+    FOR EACH STATEMENT EXECUTE FUNCTION eav.inject_points_refuse_delete();
 
 -- Arming from psql (a plain INSERT) is audited like arming through the
 -- function: the trigger writes the row in the same transaction.

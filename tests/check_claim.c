@@ -146,6 +146,7 @@ claimer_spawn(const char *dsn, long long inc, int *rfd)
 }
 
 /* Four processes claim 10,000 steps: none shared, none lost. */
+/* FM-014 */
 START_TEST(test_concurrent_claimers)
 {
 	struct th_db	 db;
@@ -191,6 +192,7 @@ START_TEST(test_concurrent_claimers)
 END_TEST
 
 /* A step locked by another transaction is skipped, then claimed. */
+/* FM-014 */
 START_TEST(test_locked_row_skipped)
 {
 	struct th_db	 db;

@@ -103,6 +103,7 @@ static const struct {
 	{ "[supervisor]\nrestart_period = 60s\n", "could never trip" },
 };
 
+/* FM-011 */
 START_TEST(test_bad_values)
 {
 	struct eav_config	cfg;
@@ -157,6 +158,7 @@ START_TEST(test_example_complete)
 END_TEST
 
 /* eavd refuses a bad file and names the option, with EX_CONFIG. */
+/* FM-011 */
 START_TEST(test_eavd_refuses_bad_config)
 {
 	char	out[512];

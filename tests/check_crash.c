@@ -219,6 +219,7 @@ assert_unknown(PGconn *c, const struct victim *v, const char *detected_by,
  * detected by the worker's exit, the step back to pending with the same
  * idempotency key, and a new worker in the dead one's slot.
  */
+/* FM-001 */
 START_TEST(test_kill_worker_idempotent)
 {
 	struct th_db	 db;
@@ -259,6 +260,7 @@ END_TEST
  * A step whose input the worker cannot represent (jsonb keeps integers
  * beyond 64 bits) fails on its own; no worker dies, other steps run.
  */
+/* FM-031 */
 START_TEST(test_unreadable_input)
 {
 	struct th_db	db;
@@ -292,6 +294,7 @@ END_TEST
  * The same with the non-idempotent demo.notify: the step is held with an
  * alarm, and nothing claims it again by itself.
  */
+/* FM-002 */
 START_TEST(test_kill_worker_held)
 {
 	struct th_db	db;
@@ -388,6 +391,7 @@ static const char reconciled_first_sql[] =
  * free may see EOF on fd 3 before its PDEATHSIG arrives and release an
  * interrupted sleep cleanly, which is also correct but not this test.
  */
+/* FM-003 */
 START_TEST(test_kill_eavd)
 {
 	struct th_db	db;
@@ -529,6 +533,7 @@ kill_workers(struct th_eavd *e, PGconn *c, int nkills, long long deadline)
  * ledger.transfer under 200 random worker kills: every transfer applied
  * exactly once, and the money adds up.
  */
+/* FM-006 */
 START_TEST(test_ledger_under_kills)
 {
 	struct th_db	db;
@@ -582,6 +587,7 @@ END_TEST
  * A fast PostgreSQL restart is one database event: the workers
  * reconnect (same pids, no restart, no storm) and work goes on.
  */
+/* FM-009 */
 START_TEST(test_pg_restart)
 {
 	struct th_db	 db;

@@ -224,6 +224,7 @@ static const char *const bad_args[][8] = {
 };
 
 /* Refused input: exit 2, exactly one line, nothing stored. */
+/* FM-018 */
 START_TEST(test_bad_input)
 {
 	struct th_db	 db;
@@ -405,6 +406,7 @@ static const struct {
 };
 
 /* resolve decides a held step; status shows its alarm until then. */
+/* FM-002 */
 START_TEST(test_resolve_held)
 {
 	struct th_db	 db;

@@ -186,6 +186,7 @@ START_TEST(test_notify_path)
 END_TEST
 
 /* Each kind of malformed event is rejected; its neighbour is not. */
+/* FM-015 */
 START_TEST(test_malformed_rejected)
 {
 	struct th_db	 db;
@@ -223,6 +224,7 @@ START_TEST(test_malformed_rejected)
 END_TEST
 
 /* A running producer rejects a malformed event and accepts the next. */
+/* FM-015 */
 START_TEST(test_malformed_via_eavd)
 {
 	struct th_db	 db;
@@ -254,6 +256,7 @@ START_TEST(test_malformed_via_eavd)
 END_TEST
 
 /* The same (source, event_key) makes one task; another source does not. */
+/* FM-016 */
 START_TEST(test_dedupe)
 {
 	struct th_db	 db;
@@ -312,6 +315,7 @@ END_TEST
  * without it, every event becomes exactly one task.  Events ingested
  * before the crash phase must not be taken again.
  */
+/* FM-017 */
 START_TEST(test_crash_before_ack)
 {
 	struct th_db	db;

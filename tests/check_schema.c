@@ -265,6 +265,7 @@ static const char *const audit_changes[] = {
 };
 
 /* UPDATE, DELETE and TRUNCATE of eav.audit_events fail with EA009. */
+/* FM-022 */
 START_TEST(test_audit_append_only)
 {
 	struct th_db	 db;

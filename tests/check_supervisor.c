@@ -271,6 +271,7 @@ END_TEST
  * SIGTERM: running sleeps are released (attempt refunded), noops finish,
  * every child is gone, the clean stop is recorded, exit 0.
  */
+/* FM-013 */
 START_TEST(test_sigterm_graceful)
 {
 	struct th_db	db;
@@ -324,6 +325,7 @@ END_TEST
  * Children get the configuration eavd validated, not the file: a file
  * broken while eavd runs (no SIGHUP) does not stop a restarted worker.
  */
+/* FM-033 */
 START_TEST(test_children_get_validated_config)
 {
 	struct th_db	db;
@@ -362,6 +364,7 @@ END_TEST
  * still queued: eavd exits 0 within its exit deadline instead of waiting
  * for the database; the next start reconciles the incarnation.
  */
+/* FM-034 */
 START_TEST(test_sigterm_database_down)
 {
 	struct th_db	db;
@@ -388,6 +391,7 @@ START_TEST(test_sigterm_database_down)
 END_TEST
 
 /* SIGHUP with workers = 0: refused, the old configuration keeps running. */
+/* FM-012 */
 START_TEST(test_sighup_bad_config)
 {
 	struct th_db	db;
@@ -539,6 +543,7 @@ END_TEST
  * Every worker dies at start: after restart_intensity crashes the worker
  * kind is failed with an alarm; the producer and eavd carry on.
  */
+/* FM-010 */
 START_TEST(test_restart_intensity)
 {
 	struct th_db	db;
@@ -582,6 +587,7 @@ START_TEST(test_restart_intensity)
 END_TEST
 
 /* A bad value: eavd exits EX_CONFIG naming the option. */
+/* FM-011 */
 START_TEST(test_bad_config_refused)
 {
 	char	 path[512], out[512];

@@ -338,6 +338,7 @@ static const struct {
 };
 
 /* Bad input is refused with a clear error and stores nothing. */
+/* FM-018 */
 START_TEST(test_enqueue_refused)
 {
 	const char	*err;
@@ -495,6 +496,7 @@ END_TEST
 
 /* A superseded incarnation, an unknown node or a bad limit claims
  * nothing. */
+/* FM-003 */
 START_TEST(test_claim_refused)
 {
 	long long	 inc1, inc2, t;
@@ -571,6 +573,7 @@ END_TEST
 
 /* A stale epoch is fenced (one audit row, nothing changed); a repeat of
  * an applied completion is already_applied (no audit row). */
+/* FM-004, FM-005, FM-032 */
 START_TEST(test_complete_fenced)
 {
 	long long	inc, t, s, a;
@@ -618,6 +621,7 @@ END_TEST
 
 /* Back-off after attempt n of queue rq (base 1 s, max 5 s), then failure
  * after max_attempts with the later steps cancelled. */
+/* FM-019 */
 START_TEST(test_retry_backoff)
 {
 	long long	inc, t, s, n, delay_us, cap_ms;
@@ -697,6 +701,7 @@ END_TEST
 
 /* A dead worker's idempotent step: unknown outcome, retried with the
  * same key; a second reconciliation does nothing. */
+/* FM-001 */
 START_TEST(test_reconcile_idempotent)
 {
 	long long	 inc, t, other, s, a;
@@ -741,6 +746,7 @@ START_TEST(test_reconcile_idempotent)
 END_TEST
 
 /* A dead worker's non-idempotent step is held with an open alarm. */
+/* FM-002 */
 START_TEST(test_reconcile_non_idempotent)
 {
 	long long	inc, t, s, a;
@@ -770,6 +776,7 @@ START_TEST(test_reconcile_non_idempotent)
 END_TEST
 
 /* A recorded outcome for the step's (tool, key) is applied instead. */
+/* FM-007 */
 START_TEST(test_reconcile_recorded_outcome)
 {
 	long long	 inc, t1, t2, s1, s2;
@@ -805,6 +812,7 @@ END_TEST
 
 /* An idempotent step out of attempts, or of a cancelled task, is not
  * retried after its worker dies. */
+/* FM-020 */
 START_TEST(test_reconcile_no_retry)
 {
 	long long	inc, t1, t2, s1, s2;
@@ -841,6 +849,7 @@ END_TEST
  * non-idempotent step is held with an alarm, and retrying the task is
  * refused until an operator resolved it.
  */
+/* FM-035 */
 START_TEST(test_reconcile_cancelled_non_idempotent)
 {
 	long long	inc, t, s;
@@ -879,6 +888,7 @@ END_TEST
  * Two steps with one key in flight at once: the second waits for the
  * first and gets its outcome (tool_call.deduplicated), not an error.
  */
+/* FM-036 */
 START_TEST(test_ledger_same_key_concurrent)
 {
 	const char	*in = "{\"from\": \"alice\", \"to\": \"bob\", "
@@ -923,6 +933,7 @@ START_TEST(test_ledger_same_key_concurrent)
 END_TEST
 
 /* A reconnected worker releases the steps it owns but never saw. */
+/* FM-008 */
 START_TEST(test_worker_resync)
 {
 	long long	inc, t1, t2, s1, s2;
@@ -950,6 +961,7 @@ START_TEST(test_worker_resync)
 END_TEST
 
 /* A new incarnation reconciles what the old one left running, once. */
+/* FM-003 */
 START_TEST(test_reconcile_incarnation)
 {
 	long long	inc1, inc2, other, t1, t2, t3, a;
@@ -1009,6 +1021,7 @@ session_alive(PGconn *c)
  * same application_name can belong to another eav database of the
  * cluster.
  */
+/* FM-021 */
 START_TEST(test_reconcile_spares_other_databases)
 {
 	struct th_db	 other;
@@ -1047,6 +1060,7 @@ END_TEST
 
 /* Sessions whose names look like eav processes' but whose numbers
  * overflow do not break reconciliation. */
+/* FM-021 */
 START_TEST(test_reconcile_odd_session_names)
 {
 	PGconn		*odd[2];
@@ -1081,6 +1095,7 @@ static const char *const resolve_actions[] = { "retry", "succeeded",
 	"failed" };
 
 /* An operator resolves a held step; its alarm is resolved with it. */
+/* FM-002 */
 START_TEST(test_step_resolve)
 {
 	const char	*action = resolve_actions[_i];
@@ -1302,6 +1317,7 @@ END_TEST
 
 /* A ledger transfer applies once per idempotency key; the sum of the
  * balances never changes. */
+/* FM-006, FM-007 */
 START_TEST(test_ledger_transfer)
 {
 	long long	 inc, t1, t2, s1, s2, sum;

@@ -82,5 +82,6 @@ Suite	*suite_producer(void) __attribute__((weak));
 Suite	*suite_supervisor(void) __attribute__((weak));
 Suite	*suite_crash(void) __attribute__((weak));
 Suite	*suite_ctl(void) __attribute__((weak));
+Suite	*suite_inject(void) __attribute__((weak));
 
 #endif

@@ -4,7 +4,10 @@
 # template database migrated by eavctl.
 #   tests/run.sh [build-dir]        (default: build)
 # EAV_VALGRIND=1 runs the runner under valgrind (with the eav processes it
-# starts).  CK_RUN_SUITE / CK_RUN_CASE pick a subset.
+# starts).  CK_RUN_SUITE / CK_RUN_CASE pick a subset; EAV_TEST_KEEP=1
+# keeps the temporary directory (eavd logs) for a post-mortem.  Check writes each
+# test's result to $EAV_CHECK_LOG (default: <build-dir>/check-results.xml),
+# which scripts/check-fm.sh reads.
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +20,11 @@ pg_own "$tmp"
 cleanup() {
 	as_pg "$PGBIN/pg_ctl" -D "$tmp/pg" -m immediate stop >/dev/null 2>&1 ||
 	    true
-	rm -rf "$tmp"
+	if [ -n "${EAV_TEST_KEEP:-}" ]; then
+		echo "tests/run.sh: kept $tmp (logs in scratch/)" >&2
+	else
+		rm -rf "$tmp"
+	fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -44,6 +51,9 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allow_user_segv_handler=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export LSAN_OPTIONS="suppressions=$root/tests/lsan.supp:print_suppressions=0"
 unset EAV_DSN EAV_INJECT NOTIFY_SOCKET
+# A log left by an earlier run must not pass for this one's.
+export CK_XML_LOG_FILE_NAME="${EAV_CHECK_LOG:-$build/check-results.xml}"
+rm -f "$CK_XML_LOG_FILE_NAME"
 
 if [ -n "${EAV_VALGRIND:-}" ]; then
 	valgrind --quiet --trace-children=yes --child-silent-after-fork=yes \

@@ -1,0 +1,472 @@
+/*
+ * The failure lab: injection points armed live from SQL and eavctl, the
+ * invariant checker, and the injection matrix of reliability.md D.4.
+ * Each matrix test arms one point to fire 50 times in the real eavd under
+ * a mixed load (idempotent noop, in-database ledger.transfer, and the
+ * non-idempotent demo.notify), waits until the queue drains, and asserts
+ * the single outcome that point allows, plus zero invariant violations.
+ */
+#include <sys/wait.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+#include <libpq-fe.h>
+
+#include "harness.h"
+#include "inject.h"
+
+#define DEADLINE_MS	60000
+#define MATRIX_FIRINGS	"50"
+#define MATRIX_MS	150000	/* for 50 firings and the drain */
+
+/* One worker slot each, so that a crash interrupts exactly one step. */
+#define MATRIX_CONF	"[supervisor]\nnode_name = lab\nworkers = %d\n" \
+			    "restart_backoff_min = 5ms\n" \
+			    "restart_backoff_max = 50ms\n" \
+			    "restart_intensity = 0\n" \
+			    "[worker]\nconcurrency = 1\nbatch_size = 1\n" \
+			    "poll_interval = 50ms\n"
+
+/* The load: 100 noop, 20 ledger transfers, 10 non-idempotent calls. */
+static const char *const load_sql =
+    "SELECT count(*) FROM ("
+    " SELECT eav.enqueue('noop', '{}', 'default', 'm.noop', 1000)"
+    "  FROM generate_series(1, 100)"
+    " UNION ALL SELECT eav.enqueue('ledger.transfer', jsonb_build_object("
+    "  'from', 'alice', 'to', 'bob', 'amount', i), 'default', 'm.ledger',"
+    "  1000) FROM generate_series(1, 20) i"
+    " UNION ALL SELECT eav.enqueue('demo.notify', '{\"ms\": 1}', 'default',"
+    "  'm.notify', 1000) FROM generate_series(1, 10)) x";
+
+static const char *const drained_sql =
+    "SELECT NOT EXISTS (SELECT 1 FROM eav.steps WHERE state IN "
+    "('pending', 'running', 'blocked'))";
+
+static const char *const violations_sql =
+    "SELECT coalesce(string_agg(inv || '=' || violations || ' (' || "
+    "coalesce(sample, '') || ')', ', '), '') FROM "
+    "eav.check_invariants(true) WHERE violations > 0";
+
+/* Steps of an idempotent tool that did not end succeeded. */
+static const char *const idem_unfinished_sql =
+    "SELECT count(*) FROM eav.steps s JOIN eav.tools t ON t.name = s.tool "
+    "WHERE t.idempotent AND s.state <> 'succeeded'";
+
+/*
+ * Attempts per step against unknown outcomes: an idempotent step is
+ * claimed once more than it was interrupted; a non-idempotent one is
+ * never claimed again after an unknown outcome (it is held).
+ */
+static const char *const attempts_wrong_sql =
+    "SELECT count(*) FROM eav.steps s JOIN eav.tools t ON t.name = s.tool "
+    "WHERE (SELECT count(*) FROM eav.audit_events a WHERE a.step_id = s.id "
+    " AND a.type = 'step.claimed') <> CASE"
+    "  WHEN t.idempotent THEN (SELECT count(*) FROM eav.unknown_outcomes u"
+    "   WHERE u.step_id = s.id) + 1"
+    "  ELSE 1 END"
+    " OR (NOT t.idempotent AND (s.state = 'held') <> EXISTS ("
+    "  SELECT 1 FROM eav.unknown_outcomes u WHERE u.step_id = s.id))";
+
+static void
+matrix_conf(struct th_eavd *e, const struct th_db *db, int workers)
+{
+	char	text[512];
+
+	snprintf(text, sizeof(text), MATRIX_CONF, workers);
+	th_eavd_conf(e, db, text);
+	/* Retries after an unknown outcome come back within milliseconds. */
+	PQclear(th_exec(db->conn, "UPDATE eav.queues SET retry_base_ms = 5, "
+	    "retry_max_ms = 20 WHERE name = 'default'", 0));
+}
+
+static void
+start_up(struct th_eavd *e, struct th_db *db, int workers)
+{
+	th_eavd_start(e);
+	ck_assert_msg(th_eavd_wait_up(e, db->conn, workers, DEADLINE_MS),
+	    "eavd did not come up (log %s)", e->log);
+}
+
+static void
+stop_ok(struct th_eavd *e)
+{
+	int	status = th_eavd_stop(e, SIGTERM, DEADLINE_MS);
+
+	ck_assert_msg(status != -1 && WIFEXITED(status) &&
+	    WEXITSTATUS(status) == 0, "eavd did not stop cleanly (log %s)",
+	    e->log);
+	ck_assert_msg(!th_log_contains(e, "Sanitizer") &&
+	    !th_log_contains(e, "runtime error"), "a sanitizer reported an "
+	    "error (log %s)", e->log);
+}
+
+/* Arms point=action through SQL, as an operator in psql would. */
+static char *
+arm(PGconn *c, const char *point, const char *count)
+{
+	return th_str(c, "SELECT eav.inject_arm($1, 'crash', 0, "
+	    "$2::integer)::text", 2, point, count);
+}
+
+/* Waits for the drain and asserts the checker finds nothing. */
+static void
+assert_drained_sound(struct th_db *db, struct th_eavd *e)
+{
+	char	*v;
+
+	ck_assert_msg(th_wait(db->conn, MATRIX_MS, drained_sql, 0),
+	    "the queue did not drain (log %s)", e->log);
+	v = th_str(db->conn, violations_sql, 0);
+	ck_assert_msg(v != NULL && *v == '\0', "invariants violated: %s", v);
+	free(v);
+}
+
+/*
+ * A crash point inside a worker: 50 firings, then the allowed outcomes.
+ * unknown_each: every firing left exactly one unknown outcome (the point
+ * is before the completion was sent).
+ */
+static void
+matrix_worker(const char *point, int unknown_each)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		*id;
+
+	th_db_new(&db);
+	matrix_conf(&e, &db, 2);
+	start_up(&e, &db, 2);
+	id = arm(db.conn, point, MATRIX_FIRINGS);
+	PQclear(th_exec(db.conn, load_sql, 0));
+	ck_assert_msg(th_wait(db.conn, MATRIX_MS, "SELECT fired = "
+	    MATRIX_FIRINGS " FROM eav.inject_points WHERE id = $1::bigint", 1,
+	    id), "%s did not fire " MATRIX_FIRINGS " times (log %s)", point,
+	    e.log);
+	assert_drained_sound(&db, &e);
+	stop_ok(&e);
+
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'inject.fired' AND "
+	    "payload->>'id' = $1", 1, id), 50);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'process.exited' AND "
+	    "payload->>'kind' = 'worker' AND payload->>'detail' LIKE "
+	    "'%signal 9%'", 0), 50);
+	if (unknown_each)
+		ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+		    "eav.unknown_outcomes", 0), 50);
+	ck_assert_int_eq(th_ll(db.conn, idem_unfinished_sql, 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, attempts_wrong_sql, 0), 0);
+	/* One ledger entry per transfer, and the money all there. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT step_id) FROM "
+	    "eav.ledger_entries", 0), 20);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(balance) FROM "
+	    "eav.ledger_accounts", 0), 4000000);
+	free(id);
+	th_db_free(&db);
+}
+
+/* FM-037 */
+START_TEST(test_matrix_worker_after_claim)
+{
+	matrix_worker("worker.after_claim", 1);
+}
+END_TEST
+
+/* FM-038 */
+START_TEST(test_matrix_worker_before_effect)
+{
+	matrix_worker("worker.before_effect", 1);
+}
+END_TEST
+
+/*
+ * In-database tools never reach this point (effect and completion are
+ * one transaction), so its 50 firings all hit noop and demo.notify: the
+ * ledger's entries show no transfer was lost or doubled.
+ */
+/* FM-039 */
+START_TEST(test_matrix_worker_after_effect_before_complete)
+{
+	matrix_worker("worker.after_effect_before_complete", 1);
+}
+END_TEST
+
+/*
+ * COMMIT sent, then the worker dies: each attempt either landed or was
+ * reconciled as unknown, never both (INV-5 in the checker); the claim
+ * riding in the same call may have landed too, so unknown outcomes are
+ * not one per firing.
+ */
+/* FM-040 */
+START_TEST(test_matrix_worker_mid_complete)
+{
+	matrix_worker("worker.mid_complete", 0);
+}
+END_TEST
+
+/*
+ * eavd dies right after sending a dead worker's reconciliation; restarted
+ * as systemd would, its next incarnation reconciles.  50 times, then
+ * every attempt has at most one unknown outcome (the primary key) and
+ * every idempotent step ran to completion.
+ */
+/* FM-041 */
+START_TEST(test_matrix_supervisor_mid_reconcile)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		*wid, *sid;
+	int		 status, restarts;
+
+	th_db_new(&db);
+	matrix_conf(&e, &db, 1);
+	start_up(&e, &db, 1);
+	sid = arm(db.conn, "supervisor.mid_reconcile", MATRIX_FIRINGS);
+	wid = th_str(db.conn, "SELECT eav.inject_arm('worker.after_claim', "
+	    "'crash')::text", 0);
+	PQclear(th_exec(db.conn, load_sql, 0));
+	for (restarts = 0; restarts < 50; restarts++) {
+		status = th_waitpid(e.pid, DEADLINE_MS);
+		ck_assert_msg(status != -1 && WIFSIGNALED(status) &&
+		    WTERMSIG(status) == SIGKILL, "eavd was not killed by its "
+		    "injection (%d restarts; log %s)", restarts, e.log);
+		if (restarts == 49)
+			PQclear(th_exec(db.conn, "SELECT eav.inject_disarm("
+			    "$1::bigint)", 1, wid));
+		th_eavd_start(&e);
+	}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT fired FROM eav.inject_points "
+	    "WHERE id = $1::bigint", 1, sid), 50);
+	assert_drained_sound(&db, &e);
+	stop_ok(&e);
+	ck_assert_int_eq(th_ll(db.conn, idem_unfinished_sql, 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'node.started'", 0), 51);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(balance) FROM "
+	    "eav.ledger_accounts", 0), 4000000);
+	free(wid);
+	free(sid);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * The producer dies after creating tasks, before its COMMIT, 50 times:
+ * every event still becomes exactly one task.
+ */
+/* FM-017 */
+START_TEST(test_matrix_producer_after_task_before_ack)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		*id;
+
+	th_db_new(&db);
+	matrix_conf(&e, &db, 1);
+	start_up(&e, &db, 1);
+	id = arm(db.conn, "producer.after_task_before_ack", MATRIX_FIRINGS);
+	PQclear(th_exec(db.conn, "SELECT eav.event_submit('lab', 'k' || i, "
+	    "'task', '{\"queue\": \"default\", \"kind\": \"ev\", \"steps\": "
+	    "[{\"tool\": \"noop\"}]}') FROM generate_series(1, 60) i", 0));
+	ck_assert_msg(th_wait(db.conn, MATRIX_MS, "SELECT fired = "
+	    MATRIX_FIRINGS " FROM eav.inject_points WHERE id = $1::bigint", 1,
+	    id), "the producer point did not fire 50 times (log %s)", e.log);
+	ck_assert_msg(th_wait(db.conn, MATRIX_MS, "SELECT count(*) = 60 FROM "
+	    "eav.inbox WHERE state = 'accepted'", 0), "events were lost "
+	    "(log %s)", e.log);
+	assert_drained_sound(&db, &e);
+	stop_ok(&e);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks WHERE "
+	    "kind = 'ev' AND state = 'succeeded'", 0), 60);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT task_id) FROM "
+	    "eav.event_keys WHERE source = 'lab'", 0), 60);
+	free(id);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * Live arming: a worker started before the row existed picks it up by
+ * NOTIFY, fires exactly the count over all workers, and disarming stops
+ * it; every arming, firing and disarming is audited.
+ */
+START_TEST(test_live_arm_and_disarm)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		*id;
+
+	th_db_new(&db);
+	matrix_conf(&e, &db, 2);
+	start_up(&e, &db, 2);
+	id = th_str(db.conn, "SELECT eav.inject_arm('worker.before_effect', "
+	    "'error', 0, 3, NULL, 'noop')::text", 0);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', '{}', "
+	    "'default', 'live', 10) FROM generate_series(1, 20)", 0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 20 FROM "
+	    "eav.tasks WHERE kind = 'live' AND state = 'succeeded'", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT fired * 10 + remaining FROM "
+	    "eav.inject_points WHERE id = $1::bigint", 1, id), 30);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'step.retry_scheduled' AND "
+	    "payload->>'error' = 'injected error'", 0), 3);
+	ck_assert(th_log_contains(&e, "injection point worker.before_effect "
+	    "fired: error"));
+
+	/* Unlimited, then disarmed: nothing fires after the disarm. */
+	free(id);
+	id = th_str(db.conn, "SELECT eav.inject_arm('worker.after_claim', "
+	    "'delay', 1)::text", 0);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', '{}', "
+	    "'default', 'live2') FROM generate_series(1, 5)", 0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 5 FROM "
+	    "eav.tasks WHERE kind = 'live2' AND state = 'succeeded'", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT fired FROM eav.inject_points "
+	    "WHERE id = $1::bigint", 1, id), 5);
+	/* A worker that has not reloaded yet still cannot take a firing. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT eav.inject_disarm()", 0), 2);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', '{}', "
+	    "'default', 'live3') FROM generate_series(1, 5)", 0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 5 FROM "
+	    "eav.tasks WHERE kind = 'live3' AND state = 'succeeded'", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT fired FROM eav.inject_points "
+	    "WHERE id = $1::bigint", 1, id), 5);
+	stop_ok(&e);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type IN ('inject.armed', "
+	    "'inject.disarmed', 'inject.fired')", 0), 2 + 2 + 3 + 5);
+	free(id);
+	th_db_free(&db);
+}
+END_TEST
+
+/* Bad rows from psql: refused by a constraint naming the column. */
+START_TEST(test_bad_rows_refused)
+{
+	static const struct {
+		const char	*sql;
+		const char	*constraint;
+	} bad[] = {
+		{ "('worker.nope', 'crash', 0, NULL)", "point" },
+		{ "('worker.after_claim', 'explode', 0, NULL)", "action" },
+		{ "('worker.after_claim', 'delay', -5, NULL)", "arg" },
+		{ "('worker.after_claim', 'crash', 0, -1)", "remaining" },
+		{ "('worker.mid_complete', 'error', 0, NULL)",
+		    "action_supported" },
+		{ "('worker.startup', 'exit', 256, NULL)", "exit_code" },
+	};
+	struct th_db	 db;
+	char		 sql[256];
+	const char	*err;
+	size_t		 i;
+
+	th_db_new(&db);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(sql, sizeof(sql), "INSERT INTO eav.inject_points "
+		    "(point, action, arg, remaining) VALUES %s", bad[i].sql);
+		err = th_err(db.conn, sql, 0);
+		ck_assert_msg(strncmp(err, "23514", 5) == 0 &&
+		    strstr(err, bad[i].constraint) != NULL,
+		    "%s: %s", bad[i].sql, err);
+	}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.inject_points", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type LIKE 'inject.%'", 0), 0);
+	PQclear(th_exec(db.conn, "SELECT eav.inject_arm('worker.startup', "
+	    "'delay', 1)", 0));
+	(void)th_err(db.conn, "DELETE FROM eav.inject_points", 0);
+	th_db_free(&db);
+}
+END_TEST
+
+/* The table's constraints accept exactly the points and actions of C. */
+START_TEST(test_points_match_sql)
+{
+	static const char *const acts[] = { "error", "drop" };
+	struct th_db	 db;
+	PGresult	*res;
+	int		 p, a, ok, want;
+
+	th_db_new(&db);
+	for (p = 0; p < INJ_NPOINTS; p++) {
+		for (a = -1; a < 2; a++) {
+			res = PQexecParams(db.conn, "INSERT INTO "
+			    "eav.inject_points (point, action) VALUES ($1, $2)",
+			    2, NULL, (const char *const []){
+			    inject_point_name(p), a < 0 ? "crash" : acts[a] },
+			    NULL, NULL, 0);
+			ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+			PQclear(res);
+			want = a < 0 ? 1 : (inject_point_actions(p) &
+			    (a == 0 ? INJ_ACT_ERROR : INJ_ACT_DROP)) != 0;
+			ck_assert_msg(ok == want, "%s %s: SQL %s, C %s",
+			    inject_point_name(p), a < 0 ? "crash" : acts[a],
+			    ok ? "accepts" : "refuses",
+			    want ? "accepts" : "refuses");
+		}
+	}
+	/* And nothing else: one point per row, all of C's. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT point) FROM "
+	    "eav.inject_points", 0), INJ_NPOINTS);
+	th_db_free(&db);
+}
+END_TEST
+
+/* The checker finds violations planted behind the schema's back. */
+START_TEST(test_check_finds_violations)
+{
+	struct th_db	 db;
+	char		*v, *step;
+
+	th_db_new(&db);
+	v = th_str(db.conn, violations_sql, 0);
+	ck_assert_str_eq(v, "");
+	free(v);
+	step = th_str(db.conn, "SELECT (eav.enqueue('noop') * 128 + 1)::text",
+	    0);
+	/* A held step without its alarm; money from nowhere. */
+	PQclear(th_exec(db.conn, "UPDATE eav.steps SET state = 'held', "
+	    "held_reason = 'unknown_outcome' WHERE id = $1::bigint", 1, step));
+	PQclear(th_exec(db.conn, "UPDATE eav.ledger_accounts SET balance = "
+	    "balance + 1 WHERE id = 'carol'", 0));
+	v = th_str(db.conn, violations_sql, 0);
+	ck_assert_msg(strstr(v, "INV-12=1 (step:") != NULL, "%s", v);
+	ck_assert_msg(strstr(v, "INV-3=1 (account:carol)") != NULL, "%s", v);
+	free(v);
+	free(step);
+	th_db_free(&db);
+}
+END_TEST
+
+Suite *
+suite_inject(void)
+{
+	Suite	*s = suite_create("inject");
+	TCase	*tc = tcase_create("inject");
+	TCase	*matrix = tcase_create("matrix");
+	TCase	*others = tcase_create("matrix-others");
+
+	tcase_add_test(tc, test_bad_rows_refused);
+	tcase_add_test(tc, test_points_match_sql);
+	tcase_add_test(tc, test_check_finds_violations);
+	tcase_add_test(tc, test_live_arm_and_disarm);
+	tcase_set_timeout(tc, 120);
+	suite_add_tcase(s, tc);
+	tcase_add_test(matrix, test_matrix_worker_after_claim);
+	tcase_add_test(matrix, test_matrix_worker_before_effect);
+	tcase_add_test(matrix, test_matrix_worker_after_effect_before_complete);
+	tcase_add_test(matrix, test_matrix_worker_mid_complete);
+	tcase_set_timeout(matrix, 240);
+	suite_add_tcase(s, matrix);
+	tcase_add_test(others, test_matrix_supervisor_mid_reconcile);
+	tcase_add_test(others, test_matrix_producer_after_task_before_ack);
+	tcase_set_timeout(others, 240);
+	suite_add_tcase(s, others);
+	return s;
+}

@@ -47,6 +47,9 @@ int	cmd_migrate(struct ctl *, int, char **);
 int	cmd_inject(struct ctl *, int, char **);
 int	cmd_check(struct ctl *, int, char **);
 
+/* cmd_rehearse.c */
+int	cmd_rehearse(struct ctl *, int, char **);
+
 /* table.c */
 void	table_print(PGresult *, const char *const *, int);
 

@@ -33,6 +33,8 @@ static const struct ctl_cmd cmds[] = {
 	    "inject arm [-n count] [-s step_id] [-t tool] point "
 	    "action[:arg] | inject disarm id|all" },
 	{ "check", cmd_check, "check [-q]   (-q: the queue has drained)" },
+	{ "rehearse", cmd_rehearse, "rehearse [-n kills] [-i interval_ms] "
+	    "[-p point] [-w wait_s] [-o postmortem.md]" },
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
 

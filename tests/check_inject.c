@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,26 @@ static const char *const attempts_wrong_sql =
     "  ELSE 1 END"
     " OR (NOT t.idempotent AND (s.state = 'held') <> EXISTS ("
     "  SELECT 1 FROM eav.unknown_outcomes u WHERE u.step_id = s.id))";
+
+/* Runs eavctl -d <db> args... (NULL-terminated) into out; its exit code. */
+static int
+eavctl(struct th_db *db, const char *out, ...)
+{
+	char	*argv[24];
+	va_list	 ap;
+	int	 n = 0, status;
+
+	argv[n++] = th_bin("eavctl");
+	argv[n++] = "-d";
+	argv[n++] = db->dsn;
+	va_start(ap, out);
+	while ((argv[n] = va_arg(ap, char *)) != NULL)
+		ck_assert_int_lt(++n, 23);
+	va_end(ap);
+	status = th_run(argv, out);
+	ck_assert(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
 
 static void
 matrix_conf(struct th_eavd *e, const struct th_db *db, int workers)
@@ -444,6 +465,106 @@ START_TEST(test_check_finds_violations)
 }
 END_TEST
 
+/* eavctl inject: bad input is refused in one line and arms nothing. */
+START_TEST(test_ctl_inject)
+{
+	static const char *const bad[][4] = {
+		{ "arm", "worker.nope", "crash", NULL },
+		{ "arm", "worker.after_claim", "explode", NULL },
+		{ "arm", "worker.after_claim", "delay:-5", NULL },
+		{ "arm", "worker.after_claim", "delay", NULL },
+		{ "arm", "worker.mid_complete", "error", NULL },
+		{ "arm", "-n", "-1", "worker.after_claim" },
+		{ "arm", "-n", "0", "worker.after_claim" },
+		{ "disarm", "x", NULL, NULL },
+	};
+	struct th_db	 db;
+	char		 out[512];
+	size_t		 i;
+
+	th_db_new(&db);
+	snprintf(out, sizeof(out), "%s/%s.out", th_tmpdir(), db.name);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ck_assert_int_eq(eavctl(&db, out, "inject", bad[i][0],
+		    bad[i][1], bad[i][2], bad[i][3], (char *)NULL), 2);
+		ck_assert_msg(th_file_contains(out, "eavctl: ") ||
+		    th_file_contains(out, "usage:"), "case %zu", i);
+	}
+	ck_assert(th_file_contains(out, "injection id must be"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.inject_points", 0), 0);
+
+	ck_assert_int_eq(eavctl(&db, out, "inject", "arm", "-n", "2", "-t",
+	    "noop", "worker.after_claim", "delay:5", (char *)NULL), 0);
+	ck_assert(th_file_contains(out, "worker.after_claim=delay:5,count=2,"
+	    "tool=noop"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.inject_points WHERE point = 'worker.after_claim' AND action = "
+	    "'delay' AND arg = 5 AND remaining = 2 AND tool = 'noop' AND "
+	    "armed_by LIKE 'operator:%'", 0), 1);
+	ck_assert_int_eq(eavctl(&db, out, "inject", "list", (char *)NULL), 0);
+	ck_assert(th_file_contains(out, "worker.after_claim"));
+	ck_assert_int_eq(eavctl(&db, out, "inject", "points", (char *)NULL),
+	    0);
+	ck_assert(th_file_contains(out, "supervisor.mid_reconcile"));
+	ck_assert_int_eq(eavctl(&db, out, "inject", "disarm", "all",
+	    (char *)NULL), 0);
+	ck_assert(th_file_contains(out, "1 injection(s) disarmed"));
+	ck_assert_int_eq(eavctl(&db, out, "inject", "disarm", "99",
+	    (char *)NULL), 2);
+	ck_assert_int_eq(eavctl(&db, out, "check", (char *)NULL), 0);
+	ck_assert(th_file_contains(out, "13 invariant(s) checked, 0 violated"));
+	PQclear(th_exec(db.conn, "UPDATE eav.ledger_accounts SET balance = "
+	    "balance - 1 WHERE id = 'dave'", 0));
+	ck_assert_int_eq(eavctl(&db, out, "check", (char *)NULL), 3);
+	ck_assert(th_file_contains(out, "1 violated"));
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * eavctl rehearse on a live eavd: kills 3 workers that hold running
+ * sleep steps, waits, reports, and writes a postmortem draft with the
+ * template's headings.
+ */
+START_TEST(test_rehearse)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		 out[512], draft[512];
+
+	th_db_new(&db);
+	snprintf(out, sizeof(out), "%s/%s.out", th_tmpdir(), db.name);
+	snprintf(draft, sizeof(draft), "%s/%s.md", th_tmpdir(), db.name);
+	ck_assert_int_eq(eavctl(&db, out, "rehearse", "-n", "0",
+	    (char *)NULL), 2);
+	ck_assert_int_eq(eavctl(&db, out, "rehearse", "-p", "worker.nope",
+	    (char *)NULL), 2);
+	ck_assert(th_file_contains(out, "nothing done"));
+	matrix_conf(&e, &db, 2);
+	start_up(&e, &db, 2);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('sleep', "
+	    "'{\"ms\": 300}', 'default', 'rh') FROM generate_series(1, 60)",
+	    0));
+	ck_assert_int_eq(eavctl(&db, out, "rehearse", "-n", "3", "-i", "200",
+	    "-o", draft, (char *)NULL), 0);
+	ck_assert(th_file_contains(out, "workers killed:                 3"));
+	ck_assert(th_file_contains(out, "0 violated"));
+	ck_assert(th_file_contains(draft, "## Invariants after"));
+	ck_assert(th_file_contains(draft, "## What changes"));
+	ck_assert(th_file_contains(draft, "tool_call.unknown"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'process.exited' AND "
+	    "payload->>'detail' LIKE '%signal 9%'", 0), 3);
+	ck_assert_int_ge(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 1);
+	ck_assert(th_wait(db.conn, MATRIX_MS, "SELECT count(*) = 60 FROM "
+	    "eav.tasks WHERE kind = 'rh' AND state = 'succeeded'", 0));
+	stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_inject(void)
 {
@@ -456,6 +577,8 @@ suite_inject(void)
 	tcase_add_test(tc, test_points_match_sql);
 	tcase_add_test(tc, test_check_finds_violations);
 	tcase_add_test(tc, test_live_arm_and_disarm);
+	tcase_add_test(tc, test_ctl_inject);
+	tcase_add_test(tc, test_rehearse);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	tcase_add_test(matrix, test_matrix_worker_after_claim);

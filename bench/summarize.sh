@@ -58,7 +58,7 @@ def mib: if . == null or . <= 0 then "n/a" else ((. / 1024 * 10 | round) / 10 | 
   | ([$all[] | select(.lib == "eav" and .test == "throughput" and .audit_rows > 0) | .process_jobs_per_s] | median) as $saud
   | "| 20,000 steps with 1,000,000 vs 10,000 pending behind them | \($s1m | r0) vs \($s10k | r0) jobs/s: \(x($s1m; $s10k)) | — | ≥ 0.9× |",
   "| the same with 10,000,000 audit rows present | \($saud | r0) jobs/s: \(x($saud; $s10k)) | — | — |",
-  "| enqueue (jobs/s, one statement of eav.enqueue calls; peers use their bulk APIs) | \([$all[] | select(.lib == "eav" and .test == "throughput") | .enqueue_jobs_per_s] | median | r0) | graphile-worker \([$all[] | select(.lib == "graphile-worker" and .test == "throughput") | .enqueue_jobs_per_s] | median | r0), pg-boss \([$all[] | select(.lib == "pg-boss" and .test == "throughput") | .enqueue_jobs_per_s] | median | r0) | — |"
+  "| enqueue (jobs/s, bulk: eav.enqueue_many, graphile add_jobs, pg-boss insert) | \([$all[] | select(.lib == "eav" and .test == "throughput") | .enqueue_jobs_per_s] | median | r0) | graphile-worker \([$all[] | select(.lib == "graphile-worker" and .test == "throughput") | .enqueue_jobs_per_s] | median | r0), pg-boss \([$all[] | select(.lib == "pg-boss" and .test == "throughput") | .enqueue_jobs_per_s] | median | r0) | — |"
 '
 crash=$(grep '^RESULT crash ' "$log" || true)
 if [ -n "$crash" ]; then

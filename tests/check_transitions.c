@@ -335,6 +335,23 @@ static const struct {
 	{ "SELECT eav.enqueue('noop', '{}', p_idempotency_key => "
 	    "repeat(U&'\\00E9', $1::int))", "128", "22023",
 	    "\"idempotency_key\" must be 1 to 255 bytes, not 256" },
+	{ "SELECT eav.enqueue_many('noop', $1::jsonb)", "[{}, 3]", "22023",
+	    "input 2: must be a JSON object" },
+	{ "SELECT eav.enqueue_many('noop', $1::jsonb)", "{}", "22023",
+	    "inputs must be a JSON array" },
+	{ "SELECT eav.enqueue_many($1, '[{}]')", "nope", "22023",
+	    "unknown tool \"nope\"" },
+	{ "SELECT eav.enqueue_many('noop', '[{}]', $1)", "nope", "22023",
+	    "unknown queue \"nope\"" },
+	{ "SELECT eav.enqueue_many('noop', '[{}]', p_max_attempts => "
+	    "$1::int)", "0", "22023", "max_attempts must be between 1 and "
+	    "1000" },
+	{ "SELECT eav.enqueue_many('noop', (SELECT jsonb_agg('{}'::jsonb) "
+	    "FROM generate_series(1, $1::int)))", "10001", "54000",
+	    "at most 10000 tasks" },
+	{ "SELECT eav.enqueue_many('noop', jsonb_build_array('{}'::jsonb, "
+	    "jsonb_build_object('s', repeat('x', $1::int))))", "262144",
+	    "54000", "input 2: more than the limit" },
 };
 
 /* Bad input is refused with a clear error and stores nothing. */
@@ -355,6 +372,35 @@ START_TEST(test_enqueue_refused)
 	ck_assert_str_eq(before, after);
 	free(before);
 	free(after);
+}
+END_TEST
+
+/*
+ * A bulk enqueue makes the same tasks, steps and audit rows as one
+ * eav.enqueue per input, returning the ids in input order.
+ */
+START_TEST(test_enqueue_many)
+{
+	PGresult	*res;
+
+	res = th_exec(db.conn, "SELECT * FROM eav.enqueue_many('noop', "
+	    "'[{\"a\": 1}, {\"a\": 2}, {\"a\": 3}]', p_kind => 'bulk', "
+	    "p_max_attempts => 7)", 0);
+	ck_assert_int_eq(PQntuples(res), 3);
+	PQclear(res);
+	/* In input order, each like a task of eav.enqueue. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps s "
+	    "JOIN eav.tasks t ON t.id = s.task_id WHERE t.kind = 'bulk' AND "
+	    "t.step_count = 1 AND s.state = 'pending' AND s.max_attempts = 7 "
+	    "AND s.idempotency_key = 'eav:' || t.id || ':1' AND s.trace_id = "
+	    "t.trace_id AND (s.input->>'a')::bigint = t.id - (SELECT min(id) "
+	    "FROM eav.tasks WHERE kind = 'bulk') + 1", 0), 3);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events a JOIN eav.tasks t ON t.id = a.task_id AND "
+	    "t.trace_id = a.trace_id WHERE a.type = 'task.enqueued' AND "
+	    "t.kind = 'bulk' AND a.payload->>'batch' = '3'", 0), 3);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.enqueue_many('noop', '[]')", 0), 0);
 }
 END_TEST
 
@@ -1471,6 +1517,7 @@ suite_transitions(void)
 	tcase_add_loop_test(tc, test_enqueue_refused, 0,
 	    (int)(sizeof(bad) / sizeof(bad[0])));
 	tcase_add_test(tc, test_enqueue_limits);
+	tcase_add_test(tc, test_enqueue_many);
 	tcase_add_loop_test(tc, test_enqueue_sqlish, 0,
 	    (int)(sizeof(sqlish) / sizeof(sqlish[0])));
 	tcase_add_test(tc, test_claim);

@@ -96,6 +96,14 @@ inject_arm_cmd(struct ctl *ctl, int argc, char **argv)
 	}
 	if (argc - optind != 2)
 		return ctl_usage("inject");
+	/* Options go in -n, -s, -t here, not after the action as in
+	 * EAV_INJECT. */
+	if (strchr(argv[optind + 1], ',') != NULL) {
+		fprintf(stderr, "eavctl: action \"%s\": give count, step and "
+		    "tool with -n, -s and -t; nothing armed\n",
+		    argv[optind + 1]);
+		return EAV_EXIT_USAGE;
+	}
 	snprintf(spec, sizeof(spec), "%s=%s", argv[optind], argv[optind + 1]);
 	if (inject_validate(spec, err, sizeof(err)) == -1) {
 		fprintf(stderr, "eavctl: %s; nothing armed\n", err);

@@ -44,6 +44,7 @@ static void	rh_now(char *, size_t);
 static void	rh_sleep(int);
 static void	rh_append(char *, size_t, const char *);
 
+/* Now, as a timestamptz literal (the draft's start time). */
 static void
 rh_now(char *buf, size_t len)
 {
@@ -79,6 +80,7 @@ rh_append(char *arr, size_t size, const char *elem)
 	    len > 2 ? "," : "", elem);
 }
 
+/* Parses an option's integer in [lo, hi]; prints why not. */
 static int
 rh_int(const char *what, const char *s, int lo, int hi, int *out)
 {
@@ -140,6 +142,35 @@ rh_args(struct rehearsal *rh, int argc, char **argv)
 	return 0;
 }
 
+/*
+ * True if pid is an eav-worker whose parent is eavd's pid: eav.processes
+ * lags behind the kernel, and a pid can be reused.
+ */
+static int
+rh_is_worker(pid_t pid, pid_t eavd)
+{
+	char	 path[64], exe[512], buf[512], *p;
+	FILE	*fp;
+	ssize_t	 n;
+	int	 ppid = -1;
+
+	snprintf(path, sizeof(path), "/proc/%d/exe", (int)pid);
+	if ((n = readlink(path, exe, sizeof(exe) - 1)) == -1)
+		return 0;
+	exe[n] = '\0';
+	p = strrchr(exe, '/');
+	if (strcmp(p ? p + 1 : exe, "eav-worker") != 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((fp = fopen(path, "r")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof(buf), fp) != NULL &&
+	    (p = strrchr(buf, ')')) != NULL)
+		(void)sscanf(p + 1, " %*c %d", &ppid);
+	fclose(fp);
+	return ppid == (int)eavd;
+}
+
 /* Kills the busiest (else a random) worker of this host; -1 if none. */
 static int
 rh_kill_one(struct ctl *ctl, struct rehearsal *rh, int i)
@@ -147,7 +178,7 @@ rh_kill_one(struct ctl *ctl, struct rehearsal *rh, int i)
 	char		 host[256], when[40];
 	const char	*params[1] = { host };
 	PGresult	*res;
-	pid_t		 pid;
+	pid_t		 pid, eavd;
 	int		 r;
 
 	if (gethostname(host, sizeof(host)) == -1) {
@@ -164,8 +195,15 @@ rh_kill_one(struct ctl *ctl, struct rehearsal *rh, int i)
 		return EAV_EXIT_FATAL;
 	}
 	pid = (pid_t)atoi(PQgetvalue(res, 0, 0));
+	eavd = (pid_t)atoi(PQgetvalue(res, 0, 1));
+	/* The server's clock, as the audit's: the latency needs one clock. */
+	snprintf(when, sizeof(when), "%s", PQgetvalue(res, 0, 2));
 	PQclear(res);
-	rh_now(when, sizeof(when));
+	if (!rh_is_worker(pid, eavd)) {
+		printf("pid %d is no longer a worker of eavd %d; skipped\n",
+		    (int)pid, (int)eavd);
+		return 0;
+	}
 	if (kill(pid, SIGKILL) == -1) {
 		fprintf(stderr, "eavctl: kill %d: %s\n", (int)pid,
 		    strerror(errno));
@@ -203,15 +241,18 @@ rh_inject(struct ctl *ctl, struct rehearsal *rh)
 		rh_sleep(RH_POLL_MS);
 		waited += RH_POLL_MS;
 		if ((r = ctl_call(ctl, DB_REHEARSE_FIRED, q, &res)) != 0)
-			return r;
+			break;
 		fired = atoi(PQgetvalue(res, 0, 0));
 		PQclear(res);
 	}
 	printf("injection %s fired %d time(s)\n", id, fired);
-	if ((r = ctl_call(ctl, DB_INJECT_DISARM, q, &res)) != 0)
-		return r;
-	PQclear(res);
-	return 0;
+	/* Whatever happened above, a crash point must not stay armed. */
+	if (ctl_call(ctl, DB_INJECT_DISARM, q, &res) == 0)
+		PQclear(res);
+	else
+		fprintf(stderr, "eavctl: injection %s may still be armed: "
+		    "eavctl inject disarm %s\n", id, id);
+	return r;
 }
 
 /*
@@ -252,6 +293,7 @@ rh_summary(struct ctl *ctl, struct rehearsal *rh)
 	return res;
 }
 
+/* The summary lines, to the terminal or (with "- ") to the draft. */
 static void
 rh_print_summary(FILE *fp, PGresult *s, const char *pre)
 {
@@ -269,6 +311,7 @@ rh_print_summary(FILE *fp, PGresult *s, const char *pre)
 	    PQgetvalue(s, 0, 10));
 }
 
+/* Rows as a Markdown table body, each cell as code. */
 static void
 rh_write_rows(FILE *fp, PGresult *res, int ncols)
 {
@@ -331,6 +374,7 @@ rh_write_draft(struct rehearsal *rh, PGresult *sum, PGresult *audit,
 	return 0;
 }
 
+/* Prints the summary and verdict and writes the draft. */
 static int
 rh_report(struct ctl *ctl, struct rehearsal *rh)
 {

@@ -19,7 +19,7 @@
 #include "inject.h"
 #include "log.h"
 
-#define INJECT_MAX_SPECS 16
+#define INJECT_MAX_SPECS 64	/* eav.inject_points allows as many */
 
 enum inject_action { ACT_CRASH, ACT_DELAY, ACT_ERROR, ACT_EXIT, ACT_DROP };
 
@@ -143,7 +143,8 @@ inject_set(struct inject_spec *sp, const char *point, const char *act,
 		return -1;
 	}
 	if ((a == ACT_ERROR && !(point_actions[p] & INJ_ACT_ERROR)) ||
-	    (a == ACT_DROP && !(point_actions[p] & INJ_ACT_DROP))) {
+	    (a == ACT_DROP && !(point_actions[p] & INJ_ACT_DROP)) ||
+	    (a == ACT_DELAY && !(point_actions[p] & INJ_ACT_DELAY))) {
 		snprintf(err, errlen, "injection point %s has no %s path",
 		    point, act);
 		return -1;
@@ -153,6 +154,7 @@ inject_set(struct inject_spec *sp, const char *point, const char *act,
 	return 0;
 }
 
+/* Adds a parsed spec to the armed ones. */
 static int
 inject_push(const struct inject_spec *sp, char *err, size_t errlen)
 {
@@ -317,38 +319,100 @@ inject_do(const struct inject_spec *sp)
 	}
 }
 
+static int
+spec_matches(const struct inject_spec *sp, enum inject_point p,
+    long long step, const char *tool)
+{
+	return sp->point == p && sp->count != 0 &&
+	    (sp->step == 0 || sp->step == step) &&
+	    (sp->tool[0] == '\0' ||
+	    (tool != NULL && strcmp(sp->tool, tool) == 0));
+}
+
 /*
- * Fires the first armed spec of point p that matches the step and tool.
- * Returns what the caller must do.
+ * Finds the first armed spec of point p matching step and tool, without
+ * firing it.  Returns 1 with its handle (the eav.inject_points id, or
+ * minus one minus its index when it came from EAV_INJECT), else 0.
+ */
+int
+inject_pick(enum inject_point p, long long step, const char *tool,
+    long long *handle)
+{
+	int	i;
+
+	for (i = 0; i < nspecs; i++)
+		if (spec_matches(&specs[i], p, step, tool)) {
+			*handle = specs[i].dbid != 0 ? specs[i].dbid : -1 - i;
+			return 1;
+		}
+	return 0;
+}
+
+/* A database spec whose firings are used up elsewhere stops asking. */
+void
+inject_used_up(long long handle)
+{
+	int	i;
+
+	for (i = 0; i < nspecs; i++)
+		if (handle > 0 && specs[i].dbid == handle)
+			specs[i].count = 0;
+}
+
+/*
+ * Fires the spec a handle names (its firing already taken, for a
+ * database spec): logs, counts and acts.  Returns what the caller must
+ * do; INJECT_PASS if the spec was disarmed meanwhile.
+ */
+int
+inject_act(enum inject_point p, long long handle, long long step,
+    const char *tool)
+{
+	struct inject_spec	*sp = NULL;
+	int			 i;
+
+	if (handle < 0 && -1 - handle < nspecs)
+		sp = &specs[-1 - handle];
+	for (i = 0; handle > 0 && i < nspecs; i++)
+		if (specs[i].dbid == handle)
+			sp = &specs[i];
+	if (sp == NULL || sp->point != p)
+		return INJECT_PASS;
+	if (sp->count > 0)
+		sp->count--;
+	fired[p]++;
+	log_warnx("injection point %s fired: %s arg=%ld step=%lld tool=%s%s",
+	    point_names[p], action_names[sp->action], sp->arg, step,
+	    tool ? tool : "-", sp->dbid != 0 ? " (armed in eav.inject_points)" :
+	    "");
+	inject_do(sp);
+	if (sp->action == ACT_ERROR)
+		return INJECT_ERROR;
+	if (sp->action == ACT_DROP)
+		return INJECT_DROP;
+	return INJECT_PASS;
+}
+
+/*
+ * Fires the first armed spec of point p that matches the step and tool,
+ * a database spec only once its firing is taken.  Returns what the
+ * caller must do.
  */
 int
 inject_fire(enum inject_point p, long long step, const char *tool)
 {
-	struct inject_spec	*sp;
-	int			 i;
+	long long	h;
+	int		t;
 
-	for (i = 0; i < nspecs; i++) {
-		sp = &specs[i];
-		if (sp->point != p || sp->count == 0 ||
-		    (sp->step != 0 && sp->step != step) ||
-		    (sp->tool[0] != '\0' &&
-		    (tool == NULL || strcmp(sp->tool, tool) != 0)))
-			continue;
-		if (sp->dbid != 0 && (taker == NULL || !taker(sp->dbid, step)))
-			continue;
-		if (sp->count > 0)
-			sp->count--;
-		fired[p]++;
-		log_warnx("injection point %s fired: %s arg=%ld step=%lld "
-		    "tool=%s%s", point_names[p], action_names[sp->action],
-		    sp->arg, step, tool ? tool : "-",
-		    sp->dbid != 0 ? " (armed in eav.inject_points)" : "");
-		inject_do(sp);
-		if (sp->action == ACT_ERROR)
-			return INJECT_ERROR;
-		if (sp->action == ACT_DROP)
-			return INJECT_DROP;
-		return INJECT_PASS;
+	while (inject_pick(p, step, tool, &h)) {
+		if (h < 0)
+			return inject_act(p, h, step, tool);
+		t = taker != NULL ? taker(h, step) : -1;
+		if (t == 1)
+			return inject_act(p, h, step, tool);
+		if (t == -1)
+			return INJECT_PASS;
+		inject_used_up(h);
 	}
 	return INJECT_PASS;
 }

@@ -8,9 +8,10 @@
 
 #include <stddef.h>
 
-/* Actions a point has a code path for, besides crash, delay and exit. */
+/* Actions a point takes besides crash and exit (delay would block eavd). */
 #define INJ_ACT_ERROR	0x1
 #define INJ_ACT_DROP	0x2
+#define INJ_ACT_DELAY	0x4
 
 enum inject_point {
 #define INJECT_POINT(id, name, acts) id,
@@ -25,7 +26,10 @@ enum inject_result {
 	INJECT_DROP		/* the caller drops its database connection */
 };
 
-/* Takes one firing of database spec id (for step); 1 if it may act. */
+/*
+ * Takes one firing of database spec id (for step): 1 taken, 0 used up or
+ * disarmed, -1 the database could not say.
+ */
 typedef int	(*inject_taker)(long long, long long);
 
 extern volatile int	inject_armed;
@@ -39,6 +43,11 @@ int		 inject_arm_db(long long, const char *, const char *, long,
 void		 inject_clear_db(void);
 void		 inject_set_taker(inject_taker);
 int		 inject_point_find(const char *);
+int		 inject_pick(enum inject_point, long long, const char *,
+		    long long *);
+int		 inject_act(enum inject_point, long long, long long,
+		    const char *);
+void		 inject_used_up(long long);
 int		 inject_fire(enum inject_point, long long, const char *);
 const char	*inject_point_name(enum inject_point);
 long		 inject_fired(enum inject_point);

@@ -8,7 +8,7 @@
 
 #include "db.h"
 
-void		inject_db_init(const char *, const char *);
+void		inject_db_init(const char *, const char *, long long, int);
 void		inject_db_load(PGresult *);
 enum db_status	inject_db_subscribe(struct db *, const char *);
 void		inject_db_close(void);

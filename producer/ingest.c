@@ -30,6 +30,7 @@ static int	ingest_try(void *);
 static void	ingest_up(void *, int64_t);
 static void	demo_cb(evutil_socket_t, short, void *);
 static void	ingest_inject_reload(struct producer *);
+static int	ingest_inject_load(struct producer *);
 
 /* Asks for an ingest cycle on the next loop iteration. */
 void
@@ -56,15 +57,36 @@ ingest_read_cb(evutil_socket_t fd, short what, void *arg)
 	ingest_inject_reload(p);
 }
 
-/* Loads the armed injections again after NOTIFY eav_inject. */
+/*
+ * Loads the armed injections (again, after NOTIFY eav_inject); a failure
+ * other than a lost connection is tried again at the next wake-up.
+ * Returns -1 if the connection was lost.
+ */
+static int
+ingest_inject_load(struct producer *p)
+{
+	enum db_status	st;
+
+	if ((st = inject_db_subscribe(&p->db, "producer")) == DB_CONN_LOST)
+		return -1;
+	if (st != DB_OK) {
+		log_warnx("cannot load injections: %s", p->db.errmsg);
+		p->db.inject_changed = 1;
+	}
+	return 0;
+}
+
 static void
 ingest_inject_reload(struct producer *p)
 {
-	if (p->db.inject_changed && db_is_connected(&p->db) &&
-	    inject_db_subscribe(&p->db, "producer") != DB_OK) {
-		log_warnx("cannot load injections: %s", p->db.errmsg);
+	if (!p->db.inject_changed || !db_is_connected(&p->db))
+		return;
+	if (ingest_inject_load(p) == -1) {
 		ingest_lost(p);
+		return;
 	}
+	if (db_drain_notifies(&p->db) > 0)
+		ingest_wake(p);
 }
 
 static void
@@ -88,7 +110,7 @@ ingest_connect(struct producer *p)
 		return -1;
 	}
 	if (db_exec(&p->db, "LISTEN eav_inbox") != DB_OK ||
-	    inject_db_subscribe(&p->db, "producer") != DB_OK) {
+	    ingest_inject_load(p) == -1) {
 		db_close(&p->db);
 		return -1;
 	}

@@ -171,7 +171,7 @@ main(int argc, char **argv)
 	}
 	snprintf(p.actor, sizeof(p.actor), "producer:%s/%lld/%d", p.node,
 	    p.incarnation, (int)getpid());
-	inject_db_init(p.cfg.dsn, p.actor);
+	inject_db_init(p.cfg.dsn, p.actor, p.incarnation, 1);
 	producer_events(&p);
 	ingest_init(&p);
 	if (ingest_connect(&p) == -1)

@@ -21,24 +21,35 @@ CREATE TABLE eav.inject_points (
     remaining   integer CONSTRAINT inject_points_remaining_range
                 CHECK (remaining BETWEEN 0 AND 1000000),
     step_id     bigint CONSTRAINT inject_points_step_id_positive CHECK (step_id > 0),
-    tool        text CONSTRAINT inject_points_tool_length
-                CHECK (length(tool) BETWEEN 1 AND 63),
+    tool        text CONSTRAINT inject_points_tool_known REFERENCES eav.tools (name),
     fired       bigint NOT NULL DEFAULT 0,
     armed_by    text NOT NULL DEFAULT eav.default_actor(),
     armed_at    timestamptz NOT NULL DEFAULT now(),
     disarmed_at timestamptz,
-    -- error and drop need a path in the code at that point.
+    -- error and drop need a path in the code at that point; a delay in
+    -- eavd would stop it reaping children and answering signals.
     CONSTRAINT inject_points_action_supported CHECK (
-        action IN ('crash', 'delay', 'exit')
+        action IN ('crash', 'exit')
+        OR (action = 'delay' AND point <> 'supervisor.mid_reconcile')
         OR (action = 'error' AND point IN ('worker.after_claim', 'worker.before_effect'))
         OR (action = 'drop' AND point IN ('worker.before_effect',
                                           'producer.after_task_before_ack'))),
-    CONSTRAINT inject_points_exit_code CHECK (action <> 'exit' OR arg <= 255)
+    -- 0 is a clean exit, 69, 75 and 78 tell eavd "database lost",
+    -- "try again" and "configuration error": not failures to rehearse.
+    CONSTRAINT inject_points_exit_code CHECK (action <> 'exit'
+        OR (arg BETWEEN 1 AND 255 AND arg NOT IN (69, 75, 78))),
+    -- Only these points run for a step; elsewhere a filter never matches.
+    CONSTRAINT inject_points_step_id_point CHECK (step_id IS NULL OR point IN (
+        'worker.after_claim', 'worker.before_effect',
+        'worker.after_effect_before_complete')),
+    CONSTRAINT inject_points_tool_point CHECK (tool IS NULL OR point IN (
+        'worker.after_claim', 'worker.before_effect',
+        'worker.after_effect_before_complete'))
 );
 COMMENT ON TABLE eav.inject_points IS 'Armed failure-injection points (docs/03-failure-modes.md). Arm with eav.inject_arm or eavctl inject; processes pick changes up by NOTIFY eav_inject.';
 COMMENT ON COLUMN eav.inject_points.point IS 'Injection point: worker.*, supervisor.* or producer.* (inject/points.def).';
 COMMENT ON COLUMN eav.inject_points.action IS 'crash (SIGKILL itself), delay (arg ms), error, exit (arg = status), drop (the database connection).';
-COMMENT ON COLUMN eav.inject_points.arg IS 'Milliseconds for delay, exit status for exit; 0 otherwise.';
+COMMENT ON COLUMN eav.inject_points.arg IS 'Milliseconds for delay, exit status for exit (1-255 but 69, 75, 78, which mean more to eavd); 0 otherwise.';
 COMMENT ON COLUMN eav.inject_points.remaining IS 'Firings left, over all processes; NULL: every time.';
 COMMENT ON COLUMN eav.inject_points.step_id IS 'Fire only for this step (NULL: any).';
 COMMENT ON COLUMN eav.inject_points.tool IS 'Fire only for steps of this tool (NULL: any).';
@@ -63,6 +74,24 @@ CREATE TRIGGER inject_points_no_delete BEFORE DELETE ON eav.inject_points
 CREATE TRIGGER inject_points_no_truncate BEFORE TRUNCATE ON eav.inject_points
     FOR EACH STATEMENT EXECUTE FUNCTION eav.inject_points_refuse_delete();
 
+-- Each process holds at most 64 armed injections (inject/inject.c).
+CREATE FUNCTION eav.inject_points_cap() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT count(*) FROM eav.inject_points
+        WHERE disarmed_at IS NULL AND (remaining IS NULL OR remaining > 0)
+          AND split_part(point, '.', 1) = split_part(NEW.point, '.', 1)) >= 64 THEN
+        RAISE EXCEPTION 'at most 64 injections of % points may be armed at once',
+            split_part(NEW.point, '.', 1)
+            USING ERRCODE = '54000', HINT = 'Disarm some: eavctl inject disarm.';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION eav.inject_points_cap() IS 'Trigger: refuses a 65th armed injection for one kind of process.';
+CREATE TRIGGER inject_points_cap BEFORE INSERT ON eav.inject_points
+    FOR EACH ROW EXECUTE FUNCTION eav.inject_points_cap();
+
 -- Arming from psql (a plain INSERT) is audited like arming through the
 -- function: the trigger writes the row in the same transaction.
 CREATE FUNCTION eav.inject_points_audit() RETURNS trigger
@@ -73,6 +102,10 @@ BEGIN
             NEW.step_id, jsonb_strip_nulls(jsonb_build_object('id', NEW.id,
                 'point', NEW.point, 'action', NEW.action, 'arg', NEW.arg,
                 'count', NEW.remaining, 'tool', NEW.tool)));
+    ELSIF OLD.remaining IS DISTINCT FROM NEW.remaining AND NEW.remaining = 0 THEN
+        -- Used up: processes reload and stop asking for firings.
+        PERFORM pg_notify('eav_inject', NEW.point);
+        RETURN NEW;
     ELSIF OLD.disarmed_at IS NULL AND NEW.disarmed_at IS NOT NULL THEN
         PERFORM eav.audit('inject.disarmed', 'success',
             coalesce(current_setting('eav.actor', true), eav.default_actor()),
@@ -144,24 +177,28 @@ END;
 $$;
 COMMENT ON FUNCTION eav.inject_take(bigint, text, bigint) IS 'Takes one firing of an armed injection (fired + 1, remaining - 1, audited inject.fired); false when it is used up or disarmed.';
 
--- LISTEN and load in one call: after a reconnect, the first load also
--- subscribes again, and no change can fall between the two.
-CREATE FUNCTION eav.inject_subscribe(p_kind text)
-RETURNS TABLE (id bigint, point text, action text, arg bigint, step_id bigint,
-    tool text)
+-- A process first LISTENs (its own committed statement: a LISTEN only
+-- hears transactions that commit after it), then loads what is armed; a
+-- change in between is both loaded and notified, never neither.
+CREATE FUNCTION eav.inject_listen() RETURNS void
 LANGUAGE plpgsql AS $$
-#variable_conflict use_column
 BEGIN
     LISTEN eav_inject;
-    RETURN QUERY
+END;
+$$;
+COMMENT ON FUNCTION eav.inject_listen() IS 'LISTENs on eav_inject, where changes of eav.inject_points are announced; call it before eav.inject_armed.';
+
+CREATE FUNCTION eav.inject_armed(p_kind text)
+RETURNS TABLE (id bigint, point text, action text, arg bigint, step_id bigint,
+    tool text)
+LANGUAGE sql STABLE AS $$
     SELECT i.id, i.point, i.action, i.arg, i.step_id, i.tool
     FROM eav.inject_points i
     WHERE i.disarmed_at IS NULL AND (i.remaining IS NULL OR i.remaining > 0)
       AND split_part(i.point, '.', 1) = p_kind
     ORDER BY i.id;
-END;
 $$;
-COMMENT ON FUNCTION eav.inject_subscribe(text) IS 'LISTENs on eav_inject and returns the armed injections for a kind of process (worker, supervisor, producer).';
+COMMENT ON FUNCTION eav.inject_armed(text) IS 'The armed injections with firings left for a kind of process (worker, supervisor, producer).';
 
 -- Invariant checker ----------------------------------------------------------
 
@@ -193,7 +230,10 @@ CREATE VIEW eav.audit_attempts AS
 SELECT a.step_id, (a.payload->>'epoch')::bigint AS epoch,
        count(*) FILTER (WHERE a.type = 'step.claimed') AS claims,
        count(*) FILTER (WHERE a.type IN ('step.succeeded', 'step.failed',
-                                         'step.released', 'tool_call.unknown')
+                                         'step.released', 'tool_call.unknown',
+                                         -- a retry or release of an
+                                         -- attempt whose task was cancelled
+                                         'step.cancelled')
                            OR (a.type = 'step.retry_scheduled'
                                AND a.outcome <> 'unknown')) AS closings,
        count(*) FILTER (WHERE a.type IN ('step.succeeded', 'step.failed')) AS applied,
@@ -202,7 +242,7 @@ SELECT a.step_id, (a.payload->>'epoch')::bigint AS epoch,
 FROM eav.audit_events a
 WHERE a.step_id IS NOT NULL AND a.payload ? 'epoch'
   AND a.type IN ('step.claimed', 'step.succeeded', 'step.failed', 'step.released',
-                 'step.retry_scheduled', 'tool_call.unknown')
+                 'step.retry_scheduled', 'tool_call.unknown', 'step.cancelled')
 GROUP BY a.step_id, (a.payload->>'epoch')::bigint;
 COMMENT ON VIEW eav.audit_attempts IS 'One row per attempt (step, claim epoch) in the audit: its claims, closing events, applied completions and unknown outcomes (INV-5).';
 COMMENT ON COLUMN eav.audit_attempts.step_id IS 'The step.';
@@ -232,7 +272,8 @@ BEGIN
     -- task has a step that is; at any moment no live step of a finished task.
     SELECT array_agg('step:' || s.id ORDER BY s.id) INTO v FROM eav.steps s
     JOIN eav.tasks t ON t.id = s.task_id
-    WHERE (s.state IN ('pending', 'running', 'blocked') AND t.state <> 'active')
+    -- (a running step of a cancelled task may finish its attempt)
+    WHERE (s.state IN ('pending', 'blocked') AND t.state <> 'active')
        OR (quiescent AND s.state IN ('pending', 'running'));
     IF quiescent THEN
         v := coalesce(v, '{}') || ARRAY(
@@ -261,9 +302,11 @@ BEGIN
         JOIN eav.steps s ON s.id = e.step_id WHERE s.state <> 'succeeded'
         UNION ALL
         SELECT 'account:' || a.id FROM eav.ledger_accounts a
-        WHERE a.balance <> a.opening
-            + coalesce((SELECT sum(amount) FROM eav.ledger_entries WHERE to_account = a.id), 0)
-            - coalesce((SELECT sum(amount) FROM eav.ledger_entries WHERE from_account = a.id), 0)
+        LEFT JOIN (SELECT to_account AS id, sum(amount) AS n
+                   FROM eav.ledger_entries GROUP BY 1) i ON i.id = a.id
+        LEFT JOIN (SELECT from_account AS id, sum(amount) AS n
+                   FROM eav.ledger_entries GROUP BY 1) o ON o.id = a.id
+        WHERE a.balance <> a.opening + coalesce(i.n, 0) - coalesce(o.n, 0)
     ) d;
     RETURN QUERY SELECT * FROM eav.inv_row('INV-3',
         'no duplicate effect of an in-database tool; balances conserve', v);
@@ -319,7 +362,9 @@ BEGIN
         'fencing holds: completions apply only for the current claim epoch', v);
 
     -- INV-7: the audit is append-only (its triggers exist) and every attempt
-    -- a step counts has its step.claimed row (released ones are refunded).
+    -- a step counts has its step.claimed row: claims since its task was
+    -- last retried (which resets attempts), minus refunded releases (also
+    -- those of a cancelled task, audited step.cancelled with a reason).
     SELECT array_agg(x) INTO v FROM (
         SELECT 'trigger:' || t.name AS x
         FROM unnest(ARRAY['audit_events_append_only', 'audit_events_no_truncate']) AS t(name)
@@ -328,15 +373,21 @@ BEGIN
                             AND g.tgname = t.name AND g.tgenabled <> 'D')
         UNION ALL
         SELECT 'step:' || s.id FROM eav.steps s
-        LEFT JOIN (SELECT a.step_id,
-                          count(*) FILTER (WHERE a.type = 'step.claimed')
-                        - count(*) FILTER (WHERE a.type = 'step.released') AS n
-                   FROM eav.audit_events a
-                   WHERE a.type IN ('step.claimed', 'step.released')
-                   GROUP BY a.step_id) c ON c.step_id = s.id
+        LEFT JOIN (
+            SELECT a.step_id,
+                   count(*) FILTER (WHERE a.type = 'step.claimed')
+                 - count(*) FILTER (WHERE a.type = 'step.released'
+                                       OR (a.type = 'step.cancelled'
+                                           AND a.payload ? 'epoch'
+                                           AND a.payload ? 'reason')) AS n
+            FROM eav.audit_events a
+            LEFT JOIN (SELECT r.task_id, max(r.id) AS rid FROM eav.audit_events r
+                       WHERE r.type = 'task.retried' GROUP BY r.task_id) lr
+                   ON lr.task_id = a.task_id
+            WHERE a.type IN ('step.claimed', 'step.released', 'step.cancelled')
+              AND a.step_id IS NOT NULL AND a.id > coalesce(lr.rid, 0)
+            GROUP BY a.step_id) c ON c.step_id = s.id
         WHERE s.attempt <> coalesce(c.n, 0)
-          AND NOT EXISTS (SELECT 1 FROM eav.audit_events r
-                          WHERE r.task_id = s.task_id AND r.type = 'task.retried')
     ) d;
     RETURN QUERY SELECT * FROM eav.inv_row('INV-7',
         'every transition is audited and audit rows cannot change', v);
@@ -352,8 +403,14 @@ BEGIN
     WHERE s.state = 'running'
       AND (n.incarnation IS DISTINCT FROM s.owner_incarnation
            OR p.state IS NULL OR p.state NOT IN ('starting', 'up', 'stopping'))
-      AND (quiescent OR coalesce(p.exited_at, p.updated_at, s.claimed_at)
-                        < now() - interval '10 seconds');
+      -- (the slot may already run a new pid: the grace counts from the
+      -- owner's own exit)
+      AND (quiescent OR coalesce(
+              (SELECT max(x.at) FROM eav.audit_events x
+               WHERE x.type IN ('process.exited', 'process.failed')
+                 AND x.payload->>'kind' = 'worker'
+                 AND x.payload->>'pid' = s.owner_pid::text),
+              s.claimed_at) < now() - interval '10 seconds');
     RETURN QUERY SELECT * FROM eav.inv_row('INV-8',
         'no orphan running step: its owner is a live worker of the current incarnation', v);
 
@@ -376,7 +433,7 @@ BEGIN
     SELECT array_agg('backend:' || a.pid || '(' || a.application_name || ')') INTO v
     FROM pg_stat_activity a
     WHERE a.datname = current_database()
-      AND a.application_name ~ '^eav-(worker|producer):[0-9]+:[0-9]+$'
+      AND a.application_name ~ '^eav-(worker|producer|inject):[0-9]+:[0-9]+$'
       AND NOT EXISTS (
           SELECT 1 FROM eav.processes p
           WHERE p.incarnation::text = split_part(a.application_name, ':', 2)

@@ -504,7 +504,6 @@ main(int argc, char **argv)
 	sup_signals(&sup);
 	memset(&db, 0, sizeof(db));
 	sup_startup_db(&sup, &db);
-	inject_db_init(sup.cfg.dsn, sup.actor);
 	sup.db = sdb_new(&sup, &db);
 	child_init_table(&sup);
 	sup.state = SUP_RUNNING;

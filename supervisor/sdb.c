@@ -32,7 +32,8 @@ struct sdb_req {
 	sdb_cb			 cb;
 	sdb_refresh		 refresh;
 	void			*arg;
-	int			 inject;
+	long long		 inject;	/* handle to act on once sent */
+	long long		 inject_pick;	/* handle being taken */
 };
 
 struct sdb {
@@ -85,6 +86,17 @@ sdb_new(struct sup *sup, struct db *db)
 }
 
 static void
+sdb_inject_listening(struct sup *sup, void *arg, PGresult *res,
+    enum db_status st)
+{
+	(void)sup;
+	(void)arg;
+	if (res == NULL)
+		log_warnx("cannot listen for injections (%s)",
+		    db_status_name(st));
+}
+
+static void
 sdb_inject_loaded(struct sup *sup, void *arg, PGresult *res,
     enum db_status st)
 {
@@ -106,7 +118,48 @@ sdb_inject_subscribe(struct sdb *s)
 	const char	*params[1] = { "supervisor" };
 
 	s->db.inject_changed = 0;
-	sdb_submit(s, DB_INJECT_SUBSCRIBE, params, sdb_inject_loaded, NULL, 0);
+	sdb_submit(s, DB_INJECT_LISTEN, NULL, sdb_inject_listening, NULL, 0);
+	sdb_submit(s, DB_INJECT_ARMED, params, sdb_inject_loaded, NULL, 0);
+}
+
+/* The firing of a database-armed supervisor point was taken, or not. */
+static void
+sdb_inject_taken(struct sup *sup, void *arg, PGresult *res,
+    enum db_status st)
+{
+	struct sdb_req	*r = arg;
+
+	(void)sup;
+	(void)st;
+	if (res != NULL && strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+		r->inject = r->inject_pick;
+	else if (res != NULL)
+		inject_used_up(r->inject_pick);
+}
+
+/*
+ * Arms a request for supervisor.mid_reconcile if a spec matches: a spec
+ * of EAV_INJECT at once, one of eav.inject_points once a take request,
+ * queued just before it, has committed its firing (the loop never waits
+ * for the database).
+ */
+static void
+sdb_inject_prepare(struct sdb *s, struct sdb_req *r)
+{
+	char		 id[24];
+	const char	*params[3] = { id, s->sup->actor, "0" };
+	long long	 h;
+
+	if (!inject_armed || !inject_pick(INJ_SUPERVISOR_MID_RECONCILE, 0,
+	    NULL, &h))
+		return;
+	if (h < 0) {
+		r->inject = h;
+		return;
+	}
+	r->inject_pick = h;
+	snprintf(id, sizeof(id), "%lld", h);
+	sdb_submit(s, DB_INJECT_TAKE, params, sdb_inject_taken, r, 0);
 }
 
 static void
@@ -171,7 +224,7 @@ sdb_idle(const struct sdb *s)
 /*
  * Queues a statement; cb (or NULL) gets the result, which it must not
  * clear.  With inject set, supervisor.mid_reconcile fires once the
- * request has been sent.
+ * request has been sent, if a spec of it is armed.
  */
 void
 sdb_submit(struct sdb *s, enum db_stmt stmt, const char *const *params,
@@ -188,7 +241,8 @@ sdb_submit(struct sdb *s, enum db_stmt stmt, const char *const *params,
 		r->params[i] = params[i] ? xstrdup(params[i]) : NULL;
 	r->cb = cb;
 	r->arg = arg;
-	r->inject = inject;
+	if (inject)
+		sdb_inject_prepare(s, r);
 	TAILQ_INSERT_TAIL(&s->queue, r, entry);
 	s->nqueue++;
 	sdb_kick(s);
@@ -231,8 +285,10 @@ sdb_kick(struct sdb *s)
 	}
 	if (fr == 1 && event_add(s->wr_ev, NULL) == -1)
 		fatalx("cannot watch the database socket");
-	if (r->inject)
-		(void)INJECT(INJ_SUPERVISOR_MID_RECONCILE, 0, NULL);
+	/* Once the whole request is on its way (else in sdb_write_cb). */
+	if (fr == 0 && r->inject != 0)
+		(void)inject_act(INJ_SUPERVISOR_MID_RECONCILE, r->inject, 0,
+		    NULL);
 }
 
 static void
@@ -256,6 +312,7 @@ static void
 sdb_write_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct sdb	*s = arg;
+	struct sdb_req	*r = TAILQ_FIRST(&s->queue);
 	int		 fr;
 
 	(void)fd;
@@ -264,6 +321,9 @@ sdb_write_cb(evutil_socket_t fd, short what, void *arg)
 		sdb_lost(s);
 	else if (fr == 1 && event_add(s->wr_ev, NULL) == -1)
 		fatalx("cannot watch the database socket");
+	else if (fr == 0 && s->busy && r != NULL && r->inject != 0)
+		(void)inject_act(INJ_SUPERVISOR_MID_RECONCILE, r->inject, 0,
+		    NULL);
 }
 
 /* Hands the head request's result to its callback and sends the next. */

@@ -380,6 +380,9 @@ START_TEST(test_bad_rows_refused)
 		{ "('worker.mid_complete', 'error', 0, NULL)",
 		    "action_supported" },
 		{ "('worker.startup', 'exit', 256, NULL)", "exit_code" },
+		{ "('worker.startup', 'exit', 78, NULL)", "exit_code" },
+		{ "('supervisor.mid_reconcile', 'delay', 5, NULL)",
+		    "action_supported" },
 	};
 	struct th_db	 db;
 	char		 sql[256];
@@ -395,13 +398,24 @@ START_TEST(test_bad_rows_refused)
 		    strstr(err, bad[i].constraint) != NULL,
 		    "%s: %s", bad[i].sql, err);
 	}
+	err = th_err(db.conn, "INSERT INTO eav.inject_points (point, action, "
+	    "step_id) VALUES ('worker.mid_complete', 'crash', 5)", 0);
+	ck_assert_msg(strstr(err, "inject_points_step_id_point") != NULL, "%s",
+	    err);
+	err = th_err(db.conn, "INSERT INTO eav.inject_points (point, action, "
+	    "tool) VALUES ('worker.after_claim', 'crash', 'nope')", 0);
+	ck_assert_msg(strncmp(err, "23503", 5) == 0 &&
+	    strstr(err, "inject_points_tool_known") != NULL, "%s", err);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.inject_points", 0), 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.audit_events WHERE type LIKE 'inject.%'", 0), 0);
 	PQclear(th_exec(db.conn, "SELECT eav.inject_arm('worker.startup', "
 	    "'delay', 1)", 0));
-	(void)th_err(db.conn, "DELETE FROM eav.inject_points", 0);
+	ck_assert_int_eq(strncmp(th_err(db.conn, "DELETE FROM "
+	    "eav.inject_points", 0), "EA003", 5), 0);
+	ck_assert_int_eq(strncmp(th_err(db.conn, "TRUNCATE "
+	    "eav.inject_points", 0), "EA003", 5), 0);
 	th_db_free(&db);
 }
 END_TEST
@@ -439,11 +453,121 @@ START_TEST(test_points_match_sql)
 }
 END_TEST
 
-/* The checker finds violations planted behind the schema's back. */
+/*
+ * The checker finds each kind of violation planted behind the schema's
+ * back, and does not flag the legal states that look like one.  $t is
+ * the task of a fresh one-step (two-step for INV-13) task, $s its first
+ * step, $i the incarnation of node n.
+ */
+static const struct {
+	const char	*tool;
+	const char	*sql;		/* statements; $t $s $i substituted */
+	int		 quiescent;
+	const char	*expect;	/* "INV-n=" in the result, or "" */
+} planted[] = {
+	{ "noop", "UPDATE eav.tasks SET state = 'succeeded' WHERE id = $t", 0,
+	    "INV-1=1 (step:" },
+	{ "noop", "SELECT 1", 1, "INV-1=1 (step:" },
+	{ "demo.notify", "INSERT INTO eav.audit_events (type, outcome, actor,"
+	    " step_id, payload) VALUES ('tool_call.unknown', 'unknown', 'x',"
+	    " $s, '{\"epoch\": 1}'), ('step.claimed', 'success', 'x', $s,"
+	    " '{\"epoch\": 2}')", 0, "INV-4=1 (step:" },
+	{ "noop", "INSERT INTO eav.audit_events (type, outcome, actor,"
+	    " step_id, payload) VALUES ('step.claimed', 'success', 'x', $s,"
+	    " '{\"epoch\": 1}'), ('step.succeeded', 'success', 'x', $s,"
+	    " '{\"epoch\": 1}'), ('step.failed', 'failure', 'x', $s,"
+	    " '{\"epoch\": 1}')", 0, "INV-5=1 (step:" },
+	{ "noop", "INSERT INTO eav.audit_events (type, outcome, actor,"
+	    " step_id, payload) VALUES ('step.claimed', 'success', 'x', $s,"
+	    " '{\"epoch\": 2}'), ('step.succeeded', 'success', 'x', $s,"
+	    " '{\"epoch\": 1}')", 0, "INV-6=1 (audit:" },
+	{ "noop", "UPDATE eav.steps SET attempt = 1 WHERE id = $s", 0,
+	    "INV-7=1 (step:" },
+	{ "noop", "UPDATE eav.steps SET state = 'running', owner_node = 'n',"
+	    " owner_incarnation = $i, owner_pid = 424242, claimed_at = now() -"
+	    " interval '1 hour' WHERE id = $s", 0, "INV-8=1 (step:" },
+	{ "noop", "UPDATE eav.steps SET attempt = max_attempts + 1 WHERE"
+	    " id = $s", 0, "INV-9=1 (step:" },
+	{ "noop", "INSERT INTO eav.audit_events (type, outcome, actor,"
+	    " step_id, payload) VALUES ('step.claimed', 'success',"
+	    " 'worker:n/999999/1', $s, '{\"epoch\": 1}')", 0,
+	    "INV-10=1 (audit:" },
+	{ "noop+", "INSERT INTO eav.audit_events (type, outcome, actor,"
+	    " step_id, payload) VALUES ('step.claimed', 'success', 'x', $s + 1,"
+	    " '{\"epoch\": 1}')", 0, "INV-13=1 (step:" },
+	/* Legal: a cancelled task's running step finishing its attempt. */
+	{ "noop", "SELECT eav.claim('n', $i, 7, 1); SELECT eav.task_cancel($t)",
+	    0, "" },
+	/* Legal: a retry, then a release, of a cancelled task's attempts. */
+	{ "noop", "SELECT eav.claim('n', $i, 7, 1); SELECT eav.task_cancel($t);"
+	    " SELECT eav.complete('x', ARRAY[$s], ARRAY[1::bigint],"
+	    " ARRAY['retry'], ARRAY[NULL::jsonb], ARRAY['e'])", 1, "" },
+	{ "noop", "SELECT eav.claim('n', $i, 7, 1); SELECT eav.task_cancel($t);"
+	    " SELECT eav.complete('x', ARRAY[$s], ARRAY[1::bigint],"
+	    " ARRAY['release'], ARRAY[NULL::jsonb], ARRAY['stopping'])", 1,
+	    "" },
+};
+
+/* Replaces $t, $s and $i in sql; returns a static buffer. */
+static const char *
+planted_sql(const char *sql, long long t, long long inc)
+{
+	static char	 out[2048];
+	size_t		 o = 0;
+
+	for (; *sql != '\0' && o < sizeof(out) - 32; sql++) {
+		if (sql[0] == '$' && (sql[1] == 't' || sql[1] == 's' ||
+		    sql[1] == 'i')) {
+			o += (size_t)snprintf(out + o, sizeof(out) - o, "%lld",
+			    sql[1] == 't' ? t : sql[1] == 's' ? t * 128 + 1 :
+			    inc);
+			sql++;
+		} else
+			out[o++] = *sql;
+	}
+	out[o] = '\0';
+	return out;
+}
+
 START_TEST(test_check_finds_violations)
 {
 	struct th_db	 db;
+	PGresult	*res;
+	char		*v;
+	long long	 t, inc;
+	int		 two = strcmp(planted[_i].tool, "noop+") == 0;
+
+	th_db_new(&db);
+	inc = th_ll(db.conn, "SELECT eav.node_start('n', 'h', 1, 'v')", 0);
+	t = th_ll(db.conn, two ? "SELECT eav.task_enqueue('default', 'k', "
+	    "'[{\"tool\": \"noop\"}, {\"tool\": \"noop\"}]')" :
+	    "SELECT eav.enqueue($1)", two ? 0 : 1, planted[_i].tool);
+	res = PQexec(db.conn, planted_sql(planted[_i].sql, t, inc));
+	ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK ||
+	    PQresultStatus(res) == PGRES_COMMAND_OK, "case %d: %s", _i,
+	    PQerrorMessage(db.conn));
+	PQclear(res);
+	v = th_str(db.conn, "SELECT coalesce(string_agg(inv || '=' || "
+	    "violations || ' (' || coalesce(sample, '') || ')', ', '), '') "
+	    "FROM eav.check_invariants($1::boolean) WHERE violations > 0", 1,
+	    planted[_i].quiescent ? "true" : "false");
+	if (*planted[_i].expect == '\0')
+		ck_assert_msg(*v == '\0', "case %d: flagged %s", _i, v);
+	else
+		ck_assert_msg(strstr(v, planted[_i].expect) != NULL,
+		    "case %d: expected %s in \"%s\"", _i, planted[_i].expect,
+		    v);
+	free(v);
+	th_db_free(&db);
+}
+END_TEST
+
+/* INV-3 and INV-12, and a session left by a dead process (INV-11). */
+START_TEST(test_check_finds_more)
+{
+	struct th_db	 db;
 	char		*v, *step;
+	PGconn		*ghost;
 
 	th_db_new(&db);
 	v = th_str(db.conn, violations_sql, 0);
@@ -451,14 +575,18 @@ START_TEST(test_check_finds_violations)
 	free(v);
 	step = th_str(db.conn, "SELECT (eav.enqueue('noop') * 128 + 1)::text",
 	    0);
-	/* A held step without its alarm; money from nowhere. */
 	PQclear(th_exec(db.conn, "UPDATE eav.steps SET state = 'held', "
 	    "held_reason = 'unknown_outcome' WHERE id = $1::bigint", 1, step));
 	PQclear(th_exec(db.conn, "UPDATE eav.ledger_accounts SET balance = "
 	    "balance + 1 WHERE id = 'carol'", 0));
+	ghost = th_connect(db.dsn);
+	PQclear(th_exec(ghost, "SET application_name = "
+	    "'eav-worker:1:424242'", 0));
 	v = th_str(db.conn, violations_sql, 0);
 	ck_assert_msg(strstr(v, "INV-12=1 (step:") != NULL, "%s", v);
 	ck_assert_msg(strstr(v, "INV-3=1 (account:carol)") != NULL, "%s", v);
+	ck_assert_msg(strstr(v, "INV-11=1 (backend:") != NULL, "%s", v);
+	PQfinish(ghost);
 	free(v);
 	free(step);
 	th_db_free(&db);
@@ -468,15 +596,21 @@ END_TEST
 /* eavctl inject: bad input is refused in one line and arms nothing. */
 START_TEST(test_ctl_inject)
 {
-	static const char *const bad[][4] = {
-		{ "arm", "worker.nope", "crash", NULL },
-		{ "arm", "worker.after_claim", "explode", NULL },
-		{ "arm", "worker.after_claim", "delay:-5", NULL },
-		{ "arm", "worker.after_claim", "delay", NULL },
-		{ "arm", "worker.mid_complete", "error", NULL },
-		{ "arm", "-n", "-1", "worker.after_claim" },
-		{ "arm", "-n", "0", "worker.after_claim" },
-		{ "disarm", "x", NULL, NULL },
+	static const char *const bad[][5] = {
+		{ "arm", "worker.nope", "crash", NULL, NULL },
+		{ "arm", "worker.after_claim", "explode", NULL, NULL },
+		{ "arm", "worker.after_claim", "delay:-5", NULL, NULL },
+		{ "arm", "worker.after_claim", "delay", NULL, NULL },
+		{ "arm", "worker.mid_complete", "error", NULL, NULL },
+		{ "arm", "worker.after_claim", "crash,count=5", NULL, NULL },
+		{ "arm", "supervisor.mid_reconcile", "delay:5", NULL, NULL },
+		{ "arm", "-n", "-1", "worker.after_claim", "crash" },
+		{ "arm", "-n", "0", "worker.after_claim", "crash" },
+		{ "arm", "-s", "0", "worker.after_claim", "crash" },
+		{ "arm", "-s", "x", "worker.after_claim", "crash" },
+		{ "arm", "-t", "nope", "worker.after_claim", "crash" },
+		{ "arm", "-s", "5", "worker.mid_complete", "crash" },
+		{ "disarm", "x", NULL, NULL, NULL },
 	};
 	struct th_db	 db;
 	char		 out[512];
@@ -486,7 +620,8 @@ START_TEST(test_ctl_inject)
 	snprintf(out, sizeof(out), "%s/%s.out", th_tmpdir(), db.name);
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		ck_assert_int_eq(eavctl(&db, out, "inject", bad[i][0],
-		    bad[i][1], bad[i][2], bad[i][3], (char *)NULL), 2);
+		    bad[i][1], bad[i][2], bad[i][3], bad[i][4], (char *)NULL),
+		    2);
 		ck_assert_msg(th_file_contains(out, "eavctl: ") ||
 		    th_file_contains(out, "usage:"), "case %zu", i);
 	}
@@ -560,7 +695,53 @@ START_TEST(test_rehearse)
 	    "eav.unknown_outcomes", 0), 1);
 	ck_assert(th_wait(db.conn, MATRIX_MS, "SELECT count(*) = 60 FROM "
 	    "eav.tasks WHERE kind = 'rh' AND state = 'succeeded'", 0));
+
+	/* At a point instead: armed for 2 firings, disarmed at the end. */
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('sleep', "
+	    "'{\"ms\": 50}', 'default', 'rh2') FROM generate_series(1, 40)",
+	    0));
+	ck_assert_int_eq(eavctl(&db, out, "rehearse", "-p",
+	    "worker.after_claim", "-n", "2", "-o", draft, (char *)NULL), 0);
+	ck_assert(th_file_contains(out, "fired 2 time(s)"));
+	ck_assert(th_file_contains(out, "workers killed:                 2"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.inject_points WHERE disarmed_at IS NULL", 0), 0);
 	stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * The drop action: a worker loses its connection right before a ledger
+ * transfer's effect; it reconnects, and the transfer applies once.
+ */
+START_TEST(test_drop_before_effect)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+
+	th_db_new(&db);
+	matrix_conf(&e, &db, 1);
+	start_up(&e, &db, 1);
+	PQclear(th_exec(db.conn, "SELECT eav.inject_arm("
+	    "'worker.before_effect', 'drop', 0, 1, NULL, 'ledger.transfer')",
+	    0));
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('ledger.transfer', "
+	    "jsonb_build_object('from', 'alice', 'to', 'bob', 'amount', i), "
+	    "'default', 'drop') FROM generate_series(1, 5) i", 0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 5 FROM "
+	    "eav.tasks WHERE kind = 'drop' AND state = 'succeeded'", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT fired FROM eav.inject_points",
+	    0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.ledger_entries", 0), 5);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT balance FROM "
+	    "eav.ledger_accounts WHERE id = 'bob'", 0), 1000015);
+	stop_ok(&e);
+	ck_assert(th_log_contains(&e, "reconnected to the database"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'process.exited' AND "
+	    "payload->>'detail' LIKE '%signal%'", 0), 0);
 	th_db_free(&db);
 }
 END_TEST
@@ -575,10 +756,13 @@ suite_inject(void)
 
 	tcase_add_test(tc, test_bad_rows_refused);
 	tcase_add_test(tc, test_points_match_sql);
-	tcase_add_test(tc, test_check_finds_violations);
+	tcase_add_loop_test(tc, test_check_finds_violations, 0,
+	    (int)(sizeof(planted) / sizeof(planted[0])));
+	tcase_add_test(tc, test_check_finds_more);
 	tcase_add_test(tc, test_live_arm_and_disarm);
 	tcase_add_test(tc, test_ctl_inject);
 	tcase_add_test(tc, test_rehearse);
+	tcase_add_test(tc, test_drop_before_effect);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	tcase_add_test(matrix, test_matrix_worker_after_claim);

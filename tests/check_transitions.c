@@ -1321,8 +1321,12 @@ START_TEST(test_task_cancel)
 }
 END_TEST
 
-/* Cancel takes held and pending steps; a retry of a running step of a
- * cancelled task cancels it; a finished task cannot be cancelled. */
+/*
+ * Cancel takes pending steps but leaves a held one held with its alarm
+ * (whether its effect happened is still unknown), which then can only be
+ * resolved as succeeded or failed; a retry of a running step of a
+ * cancelled task cancels it; a finished task cannot be cancelled.
+ */
 START_TEST(test_task_cancel_states)
 {
 	long long	 held, pend, run, done, inc, s;
@@ -1332,11 +1336,23 @@ START_TEST(test_task_cancel_states)
 	s = hold_step(held, 55);
 	inc = th_ll(db.conn, "SELECT incarnation FROM eav.nodes", 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT eav.task_cancel($1::bigint)", 1,
-	    num(held)), 1);
+	    num(held)), 0);
 	ck_assert_str_eq(str1("SELECT state || coalesce(held_reason, '-') FROM "
-	    "eav.steps WHERE id = $1::bigint", s), "cancelled-");
+	    "eav.steps WHERE id = $1::bigint", s), "heldunknown_outcome");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
+	    "state <> 'resolved'", 0), 1);
+	err = th_err(db.conn, "SELECT eav.step_resolve($1::bigint, 'retry')",
+	    1, num(s));
+	ck_assert_msg(strncmp(err, "EA003: ", 7) == 0 &&
+	    strstr(err, "cancelled task") != NULL, "%s", err);
+	ck_assert_ptr_nonnull(strstr(th_err(db.conn, "SELECT eav.task_retry("
+	    "$1::bigint)", 1, num(held)), "EA003: step"));
+	ck_assert_str_eq(str1("SELECT eav.step_resolve($1::bigint, 'failed')",
+	    s), "failed");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
 	    "state <> 'resolved'", 0), 0);
+	ck_assert_str_eq(str1("SELECT state FROM eav.tasks WHERE id = "
+	    "$1::bigint", held), "cancelled");
 
 	pend = enqueue("noop", "{}");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT eav.task_cancel($1::bigint)", 1,

@@ -23,6 +23,7 @@ static int	conn_resync(struct worker *);
 static void	conn_read_cb(evutil_socket_t, short, void *);
 static int	conn_try(void *);
 static void	conn_up(void *, int64_t);
+static int	conn_inject_load(struct worker *);
 
 /* NOTIFY arrives here while the worker is idle. */
 static void
@@ -43,7 +44,11 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	conn_inject_reload(w);
 }
 
-/* Loads the armed injections again after NOTIFY eav_inject. */
+/*
+ * Loads the armed injections again after NOTIFY eav_inject.  Failing to
+ * is no reason to drop the connection (the outcomes it must deliver
+ * matter more): it is tried again at the next wake-up.
+ */
 void
 conn_inject_reload(struct worker *w)
 {
@@ -51,8 +56,17 @@ conn_inject_reload(struct worker *w)
 
 	if (!w->db.inject_changed || !db_is_connected(&w->db))
 		return;
-	if ((st = inject_db_subscribe(&w->db, "worker")) != DB_OK)
-		(void)cycle_db_error(w, st, "load injections");
+	if ((st = inject_db_subscribe(&w->db, "worker")) == DB_CONN_LOST) {
+		conn_lost(w);
+		return;
+	}
+	if (st != DB_OK) {
+		log_warnx("cannot load injections: %s", w->db.errmsg);
+		w->db.inject_changed = 1;
+	}
+	/* Wake-ups that arrived during the calls. */
+	if (db_drain_notifies(&w->db) > 0)
+		cycle_wake(w);
 }
 
 /* Releases steps this worker owns but does not know (see header). */
@@ -97,6 +111,21 @@ conn_resync(struct worker *w)
 	return 0;
 }
 
+/* Subscribes to injections on a new connection; -1 if it was lost. */
+static int
+conn_inject_load(struct worker *w)
+{
+	enum db_status	st;
+
+	if ((st = inject_db_subscribe(&w->db, "worker")) == DB_CONN_LOST)
+		return -1;
+	if (st != DB_OK) {
+		log_warnx("cannot load injections: %s", w->db.errmsg);
+		w->db.inject_changed = 1;
+	}
+	return 0;
+}
+
 /*
  * Connects, listens for new steps, resyncs after a loss.  Returns 0, or
  * -1 with the connection closed.
@@ -113,8 +142,8 @@ conn_open(struct worker *w)
 		return -1;
 	}
 	if (db_exec(&w->db, "LISTEN eav_steps") != DB_OK ||
-	    inject_db_subscribe(&w->db, "worker") != DB_OK ||
-	    (w->reconnect.lost_since != 0 && conn_resync(w) == -1)) {
+	    (w->reconnect.lost_since != 0 && conn_resync(w) == -1) ||
+	    conn_inject_load(w) == -1) {
 		db_close(&w->db);
 		return -1;
 	}

@@ -115,7 +115,9 @@ step_finish(struct step *s, enum step_outcome o, json_t *result,
 	s->outcome = o;
 	s->result = result;
 	s->error = error ? xstrdup(error) : NULL;
-	if (o != OUT_LEDGER)
+	/* Only after a tool really ran: not for a release, an injected
+	 * error or an input refused before the call. */
+	if (s->ran && o != OUT_RELEASE)
 		(void)INJECT(INJ_WORKER_AFTER_EFFECT_BEFORE_COMPLETE, s->id,
 		    s->tool);
 	TAILQ_INSERT_TAIL(&w->done, s, entry);

@@ -213,7 +213,7 @@ main(int argc, char **argv)
 	}
 	snprintf(w.actor, sizeof(w.actor), "worker:%s/%lld/%d", w.node,
 	    w.incarnation, (int)getpid());
-	inject_db_init(w.cfg.dsn, w.actor);
+	inject_db_init(w.cfg.dsn, w.actor, w.incarnation, 1);
 	w.queues = queues_literal(w.cfg.worker_queues);
 	worker_events(&w);
 	cycle_init(&w);

@@ -90,7 +90,8 @@ tool_start(struct worker *w, struct step *s)
 		step_finish(s, OUT_RETRY, NULL, "injected error");
 		return;
 	case INJECT_DROP:
-		/* Dropped before the next call, i.e. before a ledger effect. */
+		/* Dropped before the next database call: before the effect of
+		 * ledger.transfer (made in that call), after a local tool's. */
 		w->inject_drop = 1;
 		break;
 	}
@@ -99,15 +100,18 @@ tool_start(struct worker *w, struct step *s)
 		step_finish(s, OUT_LEDGER, NULL, NULL);
 		return;
 	}
+	s->ran = 1;
 	if (strcmp(s->builtin, "noop") == 0)
 		step_finish(s, OUT_SUCCEEDED, json_object(), NULL);
 	else if (strcmp(s->builtin, "sleep") == 0)
 		tool_sleep(w, s);
 	else if (strcmp(s->builtin, "fail") == 0)
 		tool_fail(s);
-	else
+	else {
+		s->ran = 0;
 		step_finish(s, OUT_FAILED, NULL, "this worker cannot run the "
 		    "tool's kind");
+	}
 }
 
 /*

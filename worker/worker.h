@@ -43,6 +43,7 @@ struct step {
 	enum step_outcome	 outcome;
 	json_t			*result;
 	char			*error;
+	int			 ran;		/* the tool was called */
 };
 
 TAILQ_HEAD(step_list, step);

@@ -21,6 +21,8 @@
 
 #define RH_MAX_KILLS	1000
 #define RH_POLL_MS	50
+#define RH_NO_WORKER_MS	10000
+#define RH_STOP		-1	/* no worker left to kill: report so far */
 
 struct rehearsal {
 	int		 nkills;
@@ -171,7 +173,10 @@ rh_is_worker(pid_t pid, pid_t eavd)
 	return ppid == (int)eavd;
 }
 
-/* Kills the busiest (else a random) worker of this host; -1 if none. */
+/*
+ * Kills the busiest (else a random) worker of this host.  Returns 0, an
+ * exit code, or RH_STOP when no worker comes up any more.
+ */
 static int
 rh_kill_one(struct ctl *ctl, struct rehearsal *rh, int i)
 {
@@ -179,20 +184,28 @@ rh_kill_one(struct ctl *ctl, struct rehearsal *rh, int i)
 	const char	*params[1] = { host };
 	PGresult	*res;
 	pid_t		 pid, eavd;
-	int		 r;
+	int		 r, waited;
 
 	if (gethostname(host, sizeof(host)) == -1) {
 		perror("eavctl: gethostname");
 		return EAV_EXIT_FATAL;
 	}
 	host[sizeof(host) - 1] = '\0';
-	if ((r = ctl_call(ctl, DB_REHEARSE_VICTIM, params, &res)) != 0)
-		return r;
-	if (PQntuples(res) == 0) {
+	/* Between kills every slot may be in its restart back-off. */
+	for (waited = 0;; waited += RH_POLL_MS) {
+		if ((r = ctl_call(ctl, DB_REHEARSE_VICTIM, params, &res)) != 0)
+			return r;
+		if (PQntuples(res) > 0)
+			break;
 		PQclear(res);
-		fprintf(stderr, "eavctl: no worker of this host (%s) is up\n",
-		    host);
-		return EAV_EXIT_FATAL;
+		if (waited >= RH_NO_WORKER_MS) {
+			printf("no worker of this host (%s) came up within "
+			    "%d s (a restart storm? see eavctl status); "
+			    "stopping after %d kill(s)\n", host,
+			    RH_NO_WORKER_MS / 1000, i);
+			return RH_STOP;
+		}
+		rh_sleep(RH_POLL_MS);
 	}
 	pid = (pid_t)atoi(PQgetvalue(res, 0, 0));
 	eavd = (pid_t)atoi(PQgetvalue(res, 0, 1));
@@ -429,7 +442,7 @@ cmd_rehearse(struct ctl *ctl, int argc, char **argv)
 				rh_sleep(rh.interval_ms);
 			r = rh_kill_one(ctl, &rh, i);
 		}
-	if (r != 0)
+	if (r != 0 && r != RH_STOP)
 		return r;
 	printf("waiting for the interrupted steps to settle...\n");
 	if (rh_settle(ctl, &rh) == -1)

@@ -662,11 +662,54 @@ START_TEST(test_unit_verifies)
 }
 END_TEST
 
+/*
+ * The same storm with the default policy (back-off from 100 ms doubling
+ * to 30 s, more than 10 crashes in 5 minutes): about 80 s of back-off,
+ * then the alarm, the worker kind stopped, the producer still running.
+ * The back-off between spawns really doubles.
+ */
+/* FM-010 */
+START_TEST(test_restart_storm_defaults)
+{
+	struct th_db	db;
+	struct th_eavd	e;
+
+	th_db_new(&db);
+	conf(&e, &db, "sup6", 1, "");
+	setenv("EAV_INJECT", "worker.startup=crash", 1);
+	th_eavd_start(&e);
+	unsetenv("EAV_INJECT");
+	ck_assert_msg(th_wait(db.conn, 150000, "SELECT EXISTS (SELECT 1 "
+	    "FROM eav.alarms WHERE type = 'restart_storm' AND state = 'open' "
+	    "AND subject = 'node:sup6/worker')", 0),
+	    "no restart_storm alarm (log %s)", e.log);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 1 FROM "
+	    "eav.proj_processes WHERE kind = 'worker' AND state = 'failed'",
+	    0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 1 FROM "
+	    "eav.proj_processes WHERE kind = 'producer' AND state = 'up'", 0));
+	/* 11 deaths: the first spawn and 10 restarts. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'process.spawned' AND "
+	    "payload->>'kind' = 'worker'", 0), 11);
+	/* Each gap at least the doubled back-off: 100 ms, 200 ms, ... */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM (SELECT at - "
+	    "lag(at) OVER (ORDER BY id) AS gap, row_number() OVER (ORDER BY "
+	    "id) AS n FROM eav.audit_events WHERE type = 'process.spawned' "
+	    "AND payload->>'kind' = 'worker') g WHERE n > 1 AND gap < "
+	    "least(interval '30 s', interval '100 ms' * 2 ^ (n - 2))", 0), 0);
+	ck_assert_int_eq(waitpid(e.pid, NULL, WNOHANG), 0);
+	stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_supervisor(void)
 {
 	Suite	*s = suite_create("supervisor");
 	TCase	*tc = tcase_create("supervisor");
+	TCase	*storm = tcase_create("storm-defaults");
 
 	tcase_add_test(tc, test_notify_ready);
 	tcase_add_test(tc, test_sigterm_graceful);
@@ -680,5 +723,8 @@ suite_supervisor(void)
 	tcase_add_test(tc, test_unit_verifies);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
+	tcase_add_test(storm, test_restart_storm_defaults);
+	tcase_set_timeout(storm, 200);
+	suite_add_tcase(s, storm);
 	return s;
 }

@@ -273,16 +273,42 @@ db_send_params(struct db *db, enum db_stmt s, const char *const *params)
 	return DB_OK;
 }
 
+/*
+ * A statement's rows arrive before its transaction commits (at Sync): a
+ * backend that dies in between leaves a good-looking result, then an
+ * error or a closed connection.  Only a result followed by a live
+ * connection counts; anything after it that is not a success wins.
+ */
+static PGresult *
+db_last_word(struct db *db, PGresult *res)
+{
+	PGresult	*extra;
+	ExecStatusType	 es;
+
+	while ((extra = PQgetResult(db->conn)) != NULL) {
+		es = PQresultStatus(extra);
+		if (es == PGRES_TUPLES_OK || es == PGRES_COMMAND_OK)
+			PQclear(extra);
+		else {
+			PQclear(res);
+			res = extra;
+		}
+	}
+	if (PQstatus(db->conn) == CONNECTION_BAD) {
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
 /* Waits for the result of what db_send sent; see db_call for out. */
 enum db_status
 db_finish(struct db *db, enum db_stmt s, PGresult **out)
 {
-	PGresult	*res, *extra;
+	PGresult	*res;
 	enum db_status	 st;
 
-	res = PQgetResult(db->conn);
-	while ((extra = PQgetResult(db->conn)) != NULL)
-		PQclear(extra);
+	res = db_last_word(db, PQgetResult(db->conn));
 	st = db_classify(db, res, stmts[s].name);
 	if (st == DB_OK && out != NULL)
 		*out = res;
@@ -304,6 +330,10 @@ db_exec_literal(struct db *db, const char *literal)
 	if (out_of_conn(db))
 		return DB_CONN_LOST;
 	res = PQexecParams(db->conn, literal, 0, NULL, NULL, NULL, NULL, 0);
+	if (PQstatus(db->conn) == CONNECTION_BAD) {
+		PQclear(res);
+		res = NULL;
+	}
 	st = db_classify(db, res, literal);
 	PQclear(res);
 	return st;

@@ -196,6 +196,11 @@ ingest_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (p->db.conn != NULL && !db_is_connected(&p->db)) {
+		/* libpq closed it under us: nobody else will notice. */
+		ingest_lost(p);
+		return;
+	}
 	if (!db_is_connected(&p->db) || p->stopping)
 		return;
 	for (round = 0; round < INGEST_MAX_ROUNDS; round++)

@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 fail=0
 
-bad=$(grep -nE 'PQexec\(' -- */*.c | grep -vE 'PQexec\([^,]+, *"' || true)
+bad=$(grep -nE 'PQexec\(' -- */*.c tests/chaos/*.c | grep -vE 'PQexec\([^,]+, *"' || true)
 if [ -n "$bad" ]; then
 	echo "lint: PQexec with a non-literal query:"
 	echo "$bad"
@@ -17,7 +17,7 @@ if [ -n "$bad" ]; then
 fi
 bad=$(grep -nE '(snprintf|asprintf)\([^;]*(SELECT|INSERT|UPDATE|DELETE) ' \
     -- common/*.c supervisor/*.c worker/*.c producer/*.c ctl/*.c inject/*.c \
-    || true)
+    tests/chaos/*.c || true)
 if [ -n "$bad" ]; then
 	echo "lint: a query built with printf:"
 	echo "$bad"
@@ -25,15 +25,16 @@ if [ -n "$bad" ]; then
 fi
 awk -f scripts/style.awk common/*.[ch] common/*.def supervisor/*.[ch] \
     worker/*.[ch] producer/*.[ch] ctl/*.[ch] inject/*.[ch] inject/*.def \
-    tests/*.[ch] || fail=1
+    tests/*.[ch] tests/chaos/*.[ch] || fail=1
 if command -v shellcheck >/dev/null; then
 	shellcheck -S warning -s sh scripts/*.sh tests/*.sh || fail=1
+	shellcheck -S warning tests/chaos/*.sh || fail=1
 fi
 if command -v cppcheck >/dev/null; then
 	cppcheck --quiet --error-exitcode=1 --enable=warning \
 	    --suppress=missingIncludeSystem -I common -I inject \
 	    --include="/usr/include/$(gcc -print-multiarch)/sys/queue.h" \
-	    common supervisor worker producer ctl inject || fail=1
+	    common supervisor worker producer ctl inject tests/chaos || fail=1
 fi
 [ "$fail" = 0 ] && echo "lint: ok"
 exit "$fail"

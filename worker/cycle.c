@@ -364,8 +364,12 @@ cycle_run(struct worker *w)
 {
 	int	round, free_slots, limit, n;
 
-	if (!db_is_connected(&w->db))
+	if (!db_is_connected(&w->db)) {
+		/* libpq closed it under us: nobody else will notice. */
+		if (w->db.conn != NULL)
+			conn_lost(w);
 		return;
+	}
 	for (round = 0; round < CYCLE_MAX_ROUNDS; round++) {
 		free_slots = w->cfg.worker_concurrency - w->nrunning;
 		limit = w->stopping || free_slots <= 0 ? 0 :

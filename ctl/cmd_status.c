@@ -1,5 +1,8 @@
-/* eavctl status and eavctl migrate. */
+/* eavctl status, eavctl alarm and eavctl migrate. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "ctl.h"
 #include "exitcode.h"
@@ -36,6 +39,43 @@ cmd_status(struct ctl *ctl, int argc, char **argv)
 	printf("\nopen alarms:\n");
 	table_print(res, ahdr, 2);
 	PQclear(res);
+	return 0;
+}
+
+/* eavctl alarm ack|resolve [-n note] id: an operator answers an alarm. */
+int
+cmd_alarm(struct ctl *ctl, int argc, char **argv)
+{
+	const char	*params[3] = { NULL, ctl->actor, NULL };
+	PGresult	*res;
+	char		*end;
+	int		 ch, r, resolve;
+
+	if (argc < 2 || (strcmp(argv[1], "ack") != 0 &&
+	    strcmp(argv[1], "resolve") != 0))
+		return ctl_usage("alarm");
+	resolve = strcmp(argv[1], "resolve") == 0;
+	argc--;
+	argv++;
+	while ((ch = getopt(argc, argv, "n:")) != -1) {
+		if (ch != 'n' || !resolve)
+			return ctl_usage("alarm");
+		params[2] = optarg;
+	}
+	if (argc - optind != 1)
+		return ctl_usage("alarm");
+	params[0] = argv[optind];
+	if (*params[0] == '\0' || strtoll(params[0], &end, 10) <= 0 ||
+	    *end != '\0') {
+		fprintf(stderr, "eavctl: alarm id must be a positive integer, "
+		    "not \"%s\"\n", params[0]);
+		return EAV_EXIT_USAGE;
+	}
+	if ((r = ctl_call(ctl, resolve ? DB_ALARM_RESOLVE : DB_ALARM_ACK,
+	    params, &res)) != 0)
+		return r;
+	PQclear(res);
+	printf("alarm %s %s\n", params[0], resolve ? "resolved" : "acked");
 	return 0;
 }
 

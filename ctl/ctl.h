@@ -42,6 +42,7 @@ int	cmd_event(struct ctl *, int, char **);
 /* cmd_status.c */
 int	cmd_status(struct ctl *, int, char **);
 int	cmd_migrate(struct ctl *, int, char **);
+int	cmd_alarm(struct ctl *, int, char **);
 
 /* cmd_lab.c */
 int	cmd_inject(struct ctl *, int, char **);

@@ -29,6 +29,7 @@ static const struct ctl_cmd cmds[] = {
 	    "retry|succeeded|failed" },
 	{ "event", cmd_event, "event source event_key type body" },
 	{ "status", cmd_status, "status" },
+	{ "alarm", cmd_alarm, "alarm ack id | alarm resolve [-n note] id" },
 	{ "inject", cmd_inject, "inject list [-a] | inject points | "
 	    "inject arm [-n count] [-s step_id] [-t tool] point "
 	    "action[:arg] | inject disarm id|all" },

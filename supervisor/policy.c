@@ -196,12 +196,20 @@ policy_after_reconcile(struct child *c)
 void
 policy_reset_kinds(struct sup *sup)
 {
-	int	i;
+	char		 subject[128];
+	const char	*params[3] = { "restart_storm", subject, sup->actor };
+	int		 i;
 
 	for (i = 0; i < KIND_NKINDS; i++) {
-		if (sup->kinds[i].failed)
+		if (sup->kinds[i].failed) {
 			log_notice("restarting %ss again after reload",
 			    child_kind_name(i));
+			/* The reload is the operator's answer to the alarm. */
+			snprintf(subject, sizeof(subject), "node:%s/%s",
+			    sup->cfg.node_name, child_kind_name(i));
+			sdb_submit(sup->db, DB_ALARM_RESOLVE_SUBJECT, params,
+			    NULL, NULL, 0);
+		}
 		memset(&sup->kinds[i], 0, sizeof(sup->kinds[i]));
 	}
 }

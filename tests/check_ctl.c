@@ -476,6 +476,32 @@ START_TEST(test_event)
 }
 END_TEST
 
+/* An operator acks and resolves an alarm; bad ids are refused. */
+START_TEST(test_alarm)
+{
+	struct th_db	 db;
+	char		 id[32];
+
+	th_db_new(&db);
+	snprintf(id, sizeof(id), "%lld", th_ll(db.conn, "SELECT "
+	    "eav.alarm_raise('test', 'warning', 'x', 'a test alarm')", 0));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarm", "ack", id, NULL), 0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarm", "ack", id, NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarm", "resolve", "-n", "done",
+	    id, NULL), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
+	    "id = $1::bigint AND state = 'resolved' AND acked_by = "
+	    "'operator:erin' AND resolved_by = 'operator:erin'", 1, id), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type IN ('alarm.acked', 'alarm.resolved') "
+	    "AND payload->>'alarm_id' = $1", 1, id), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarm", "resolve", id, NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarm", "resolve", "0", NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarm", "mute", id, NULL), 2);
+	th_db_free(&db);
+}
+END_TEST
+
 /* status with eavd running lists its children and the queues. */
 START_TEST(test_status_eavd)
 {
@@ -529,6 +555,7 @@ suite_ctl(void)
 	tcase_add_loop_test(tc, test_resolve_held, 0,
 	    (int)(sizeof(resolutions) / sizeof(resolutions[0])));
 	tcase_add_test(tc, test_event);
+	tcase_add_test(tc, test_alarm);
 	tcase_add_test(tc, test_status_eavd);
 	tcase_set_timeout(tc, 90);
 	suite_add_tcase(s, tc);

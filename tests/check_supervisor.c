@@ -581,6 +581,13 @@ START_TEST(test_restart_intensity)
 	    "eav.audit_events WHERE type = 'process.spawned' AND "
 	    "payload->>'kind' = 'worker' AND id > $1::bigint", 1, mark), 0);
 	ck_assert_int_eq(waitpid(e.pid, NULL, WNOHANG), 0);
+	/* A reload restarts the kind and resolves its alarm (audited). */
+	ck_assert_int_eq(kill(e.pid, SIGHUP), 0);
+	ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT EXISTS (SELECT 1 "
+	    "FROM eav.audit_events a JOIN eav.alarms l ON l.id = "
+	    "(a.payload->>'alarm_id')::bigint WHERE a.type = 'alarm.resolved' "
+	    "AND l.type = 'restart_storm' AND l.subject = 'node:sup5/worker')",
+	    0), "the reload did not resolve the storm alarm (log %s)", e.log);
 	stop_ok(&e);
 	th_db_free(&db);
 }

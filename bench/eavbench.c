@@ -452,8 +452,8 @@ mode_kill(struct bench *b)
 		fatal("calloc");
 	fresh_schema(b);
 	/* A quick queue back-off, so the figure is the reconciliation's. */
-	PQclear(q(b, "UPDATE eav.queues SET retry_base_ms = 10, "
-	    "retry_max_ms = 10 WHERE name = 'default'", 0));
+	PQclear(q(b, "SELECT eav.queue_set('default', p_retry_base_ms => "
+	    "10, p_retry_max_ms => 10)", 0));
 	eavd_start(b, "restart_backoff_min = 10ms\nrestart_backoff_max = "
 	    "100ms\nrestart_intensity = 0\n");
 	wait_up(b);

@@ -44,6 +44,9 @@ int	cmd_status(struct ctl *, int, char **);
 int	cmd_migrate(struct ctl *, int, char **);
 int	cmd_alarm(struct ctl *, int, char **);
 
+/* cmd_queue.c */
+int	cmd_queue(struct ctl *, int, char **);
+
 /* cmd_lab.c */
 int	cmd_inject(struct ctl *, int, char **);
 int	cmd_check(struct ctl *, int, char **);

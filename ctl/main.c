@@ -29,6 +29,8 @@ static const struct ctl_cmd cmds[] = {
 	    "retry|succeeded|failed" },
 	{ "event", cmd_event, "event source event_key type body" },
 	{ "status", cmd_status, "status" },
+	{ "queue", cmd_queue, "queue list | queue set [-m max_attempts] "
+	    "[-b retry_base_ms] [-x retry_max_ms] [-d description] name" },
 	{ "alarm", cmd_alarm, "alarm ack id | alarm resolve [-n note] id" },
 	{ "inject", cmd_inject, "inject list [-a] | inject points | "
 	    "inject arm [-n count] [-s step_id] [-t tool] point "

@@ -543,9 +543,8 @@ START_TEST(test_ledger_under_kills)
 	th_db_new(&db);
 	srandom((unsigned)getpid());
 	/* Quick retries, and attempts enough for many kills per step. */
-	PQclear(th_exec(db.conn, "INSERT INTO eav.queues (name, "
-	    "default_max_attempts, retry_base_ms, retry_max_ms, description) "
-	    "VALUES ('ledger', 1000, 10, 200, 'check_crash')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.queue_set('ledger', 1000, 10, "
+	    "200, 'check_crash')", 0));
 	conf(&e, &db, "crash4", 4);
 	start_up(&e, &db, 4);
 	PQclear(th_exec(db.conn, transfers_sql, 1, "2000"));

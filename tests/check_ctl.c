@@ -502,6 +502,41 @@ START_TEST(test_alarm)
 }
 END_TEST
 
+/* Queues are created and tuned through eav.queue_set, audited; bad
+ * values are refused and change nothing. */
+START_TEST(test_queue)
+{
+	struct th_db	 db;
+
+	th_db_new(&db);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "set", "-b", "5", "-x",
+	    "50", "-d", "fast", "q1", NULL), 0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "set", "-m", "7", "q1",
+	    NULL), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.queues "
+	    "WHERE name = 'q1' AND default_max_attempts = 7 AND "
+	    "retry_base_ms = 5 AND retry_max_ms = 50 AND description = "
+	    "'fast'", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type IN ('queue.created', "
+	    "'queue.updated') AND payload->>'queue' = 'q1' AND actor = "
+	    "'operator:erin'", 0), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "set", "-x", "1", "q1",
+	    NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "set", "-m", "0", "q1",
+	    NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "set", "-m", "x", "q1",
+	    NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "set", "Bad Name",
+	    NULL), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT default_max_attempts * 1000 + "
+	    "retry_max_ms FROM eav.queues WHERE name = 'q1'", 0), 7050);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "list", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "q1"));
+	th_db_free(&db);
+}
+END_TEST
+
 /* status with eavd running lists its children and the queues. */
 START_TEST(test_status_eavd)
 {
@@ -556,6 +591,7 @@ suite_ctl(void)
 	    (int)(sizeof(resolutions) / sizeof(resolutions[0])));
 	tcase_add_test(tc, test_event);
 	tcase_add_test(tc, test_alarm);
+	tcase_add_test(tc, test_queue);
 	tcase_add_test(tc, test_status_eavd);
 	tcase_set_timeout(tc, 90);
 	suite_add_tcase(s, tc);

@@ -100,8 +100,8 @@ matrix_conf(struct th_eavd *e, const struct th_db *db, int workers)
 	snprintf(text, sizeof(text), MATRIX_CONF, workers);
 	th_eavd_conf(e, db, text);
 	/* Retries after an unknown outcome come back within milliseconds. */
-	PQclear(th_exec(db->conn, "UPDATE eav.queues SET retry_base_ms = 5, "
-	    "retry_max_ms = 20 WHERE name = 'default'", 0));
+	PQclear(th_exec(db->conn, "SELECT eav.queue_set('default', "
+	    "p_retry_base_ms => 5, p_retry_max_ms => 20)", 0));
 }
 
 static void

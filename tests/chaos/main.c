@@ -214,10 +214,9 @@ setup_fixture(struct soak *s)
 	 * would measure the back-off instead of the recovery.
 	 */
 	snprintf(max, sizeof(max), "%d", SOAK_MAX_ATTEMPTS);
-	if ((res = obs_q(&s->obs, "INSERT INTO eav.queues (name, "
-	    "default_max_attempts, retry_base_ms, retry_max_ms, description) "
-	    "VALUES ($1, $2::int, 20, 500, 'chaos soak: quick back-off') ON "
-	    "CONFLICT (name) DO NOTHING", 2, SOAK_QUEUE, max)) == NULL)
+	if ((res = obs_q(&s->obs, "SELECT eav.queue_set($1, $2::int, 20, "
+	    "500, 'chaos soak: quick back-off', 'eavsoak')", 2, SOAK_QUEUE,
+	    max)) == NULL)
 		fatalx("cannot create queue %s", SOAK_QUEUE);
 	PQclear(res);
 	if ((res = obs_q(&s->obs, "SELECT id, balance FROM "

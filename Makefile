@@ -59,7 +59,8 @@ SUPERVISOR_SRCS = supervisor/main.c \
 WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \
-		worker/tools.c
+		worker/tools.c \
+		worker/tool_exec.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
 CTL_SRCS =	ctl/main.c \

@@ -95,6 +95,10 @@ LIB	= $(BUILD)/libeavcommon.a
 BINS	= $(BUILD)/bin/eavd $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
 	  $(BUILD)/bin/eavctl
 TESTBIN	= $(BUILD)/bin/check_eav
+# Far sides the tests call, built without sanitizers: they are not under
+# test, and an address-space limit must not stop them from starting.
+FAR_BINS = $(BUILD)/bin/recorder
+FAR_PKGS = libpq jansson
 
 .PHONY: all run stop check check-build check-fm valgrind install uninstall \
 	clean deps lint bench
@@ -146,6 +150,12 @@ $(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
+$(BUILD)/bin/recorder: tests/far/recorder.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
+	    $(shell pkg-config --cflags $(FAR_PKGS) 2>/dev/null) -o $@ $< \
+	    $(shell pkg-config --libs $(FAR_PKGS) 2>/dev/null)
+
 deps:
 	@scripts/deps.sh
 
@@ -156,7 +166,7 @@ run: deps
 stop:
 	@scripts/cluster.sh stop
 
-check-build: $(BINS) $(TESTBIN)
+check-build: $(BINS) $(TESTBIN) $(FAR_BINS)
 
 check:
 	@scripts/deps.sh check

@@ -40,15 +40,21 @@ struct spawn_failure {
 	int	error;
 };
 
+/*
+ * io NULL: inherit 0, 1, 2.  ctl_fd: becomes fd 3, or -1.  pdeathsig: 0
+ * for none.  envp NULL: this environment.  new_pgrp: a process group of
+ * its own.  go_fd: exec only after reading SPAWN_GO there, or -1.
+ * err_fd: where a spawn_failure goes, or -1.  limits: NULL for none.
+ */
 struct spawn_opts {
-	const struct spawn_io		*io;	/* NULL: inherit 0, 1, 2 */
-	int				 ctl_fd;	/* becomes fd 3, or -1 */
-	int				 pdeathsig;	/* 0: none */
-	char *const			*envp;	/* NULL: this environment */
-	int				 new_pgrp;	/* own process group */
-	int				 go_fd;	/* exec only after a byte, or -1 */
-	int				 err_fd;	/* spawn_failure, or -1 */
-	const struct spawn_limits	*limits;	/* NULL: none */
+	const struct spawn_io		*io;
+	int				 ctl_fd;
+	int				 pdeathsig;
+	char *const			*envp;
+	int				 new_pgrp;
+	int				 go_fd;
+	int				 err_fd;
+	const struct spawn_limits	*limits;
 };
 
 pid_t		 spawn_child(const char *, char *const [],

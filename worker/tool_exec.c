@@ -627,7 +627,8 @@ exec_sigchld_cb(evutil_socket_t sig, short what, void *arg)
 			if (errno != EINTR)
 				fatal("waitpid");
 		if (c == NULL)
-			log_warnx("reaped unknown child pid %d", (int)si.si_pid);
+			log_warnx("reaped unknown child pid %d",
+			    (int)si.si_pid);
 		else
 			exec_exited(c, status);
 	}

@@ -39,7 +39,7 @@ struct step {
 	char			*tool;
 	char			*builtin;	/* "" unless kind is builtin */
 	char			*kind;
-	char			*config;	/* JSON text; NULL for builtin */
+	char			*config;	/* JSON; NULL for builtin */
 	char			*idem_key;
 	char			*trace_id;
 	json_t			*input;		/* NULL: not representable */

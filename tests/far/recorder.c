@@ -11,7 +11,9 @@
  *               INSERT ... ON CONFLICT DO NOTHING); with --every each
  *               delivery is an effect, as a non-idempotent far side.
  *   echo        prints its input and the EAV_* environment it got.
- *   exit        writes "stderr" to stderr and exits with "code".
+ *   exit        writes "stderr" (and the bytes of "stderr_hex") to stderr
+ *               and exits with "code"; from attempt "succeed_from" on,
+ *               prints {} and exits 0 instead.
  *   sleep       sleeps "ms", prints {}.
  *   text        writes "text" to stdout as it is (not JSON, say).
  *   hex         writes the bytes of "hex" (invalid UTF-8, say).
@@ -52,6 +54,7 @@ static void	write_pidfile(const char *, const char *);
 static int	mode_record(json_t *);
 static int	mode_echo(json_t *);
 static int	mode_big(json_t *);
+static void	put_hex(const char *, FILE *);
 static int	mode_hex(json_t *);
 static int	mode_hold(json_t *, pid_t);
 static int	mode_grandchild(json_t *);
@@ -196,18 +199,24 @@ mode_big(json_t *in)
 	return 0;
 }
 
-static int
-mode_hex(json_t *in)
+/* Writes the bytes a hex string spells. */
+static void
+put_hex(const char *h, FILE *fp)
 {
-	const char	*h = str(in, "hex", "");
-	unsigned int	 b;
+	unsigned int	b;
 
 	for (; h[0] != '\0' && h[1] != '\0'; h += 2) {
 		if (sscanf(h, "%2x", &b) != 1)
 			die("bad hex");
-		putchar((int)b);
+		putc((int)b, fp);
 	}
-	fflush(stdout);
+	fflush(fp);
+}
+
+static int
+mode_hex(json_t *in)
+{
+	put_hex(str(in, "hex", ""), stdout);
 	return 0;
 }
 
@@ -252,8 +261,14 @@ run(json_t *in)
 		return mode_record(in);
 	if (strcmp(mode, "echo") == 0)
 		return mode_echo(in);
+	if (strcmp(mode, "exit") == 0 && getenv("EAV_ATTEMPT") != NULL &&
+	    atoll(getenv("EAV_ATTEMPT")) >= num(in, "succeed_from", 1000)) {
+		put_json(json_object());
+		return 0;
+	}
 	if (strcmp(mode, "exit") == 0) {
 		fputs(str(in, "stderr", ""), stderr);
+		put_hex(str(in, "stderr_hex", ""), stderr);
 		return (int)num(in, "code", 1);
 	}
 	if (strcmp(mode, "sleep") == 0) {

@@ -577,24 +577,37 @@ START_TEST(test_exec_exit_failed)
 }
 END_TEST
 
-/* A program that cannot be executed fails, saying why; nothing ran. */
+/*
+ * A program that cannot be executed fails, saying why; nothing ran.  A
+ * message cut to fit (a 4000-byte path of two-byte characters) stays
+ * valid UTF-8, and the worker goes on.
+ */
 /* FM-054 */
 START_TEST(test_exec_cannot_start)
 {
 	struct th_db	 db;
 	struct th_eavd	 e;
-	const char	*step;
+	char		 step[24];
 
 	far_db(&db);
 	PQclear(th_exec(db.conn, "SELECT eav.tool_register('missing', "
 	    "'exec', '{\"argv\": [\"/nonexistent/eav-test-program\"]}', "
 	    "true)", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.tool_register('long', 'exec', "
+	    "jsonb_build_object('argv', jsonb_build_array('/' || "
+	    "repeat('\u00e9', 2000))), true)", 0));
 	conf(&e, &db, "exec6", 1, 4);
 	start_up(&e, &db, 1);
-	step = enqueue(db.conn, "missing", "{}", 5);
+	snprintf(step, sizeof(step), "%s", enqueue(db.conn, "missing", "{}",
+	    5));
 	wait_state(db.conn, &e, step, "failed");
 	assert_failed(db.conn, step, "cannot run /nonexistent/eav-test-"
 	    "program: execve: No such file or directory");
+	snprintf(step, sizeof(step), "%s", enqueue(db.conn, "long", "{}", 5));
+	wait_state(db.conn, &e, step, "failed");
+	assert_failed(db.conn, step, "cannot run /\u00e9\u00e9");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
+	    "eav.processes", 0), 0);
 	stop_ok(&e);
 	th_db_free(&db);
 }

@@ -136,6 +136,7 @@ static enum step_outcome exec_parse(struct exec_call *, json_t **, char *,
 static void	exec_log_stderr(const struct exec_call *);
 static char    *exec_clean(const char *, size_t);
 static size_t	utf8_len(const unsigned char *, size_t);
+static void	utf8_trim(char *);
 static struct exec_call *exec_call_new(struct worker *, struct step *,
 		    const struct exec_conf *);
 static void	exec_call_free(struct exec_call *);
@@ -666,10 +667,13 @@ exec_finish(struct exec_call *c)
 	struct step		*s = c->s;
 	struct worker		*w = c->w;
 	json_t			*result = NULL;
-	char			 err[768];
+	char			 err[1536];
 	enum step_outcome	 o;
 
 	o = exec_outcome(c, &result, err, sizeof(err));
+	/* The completion batch is JSON: snprintf must not have cut a
+	 * character in two. */
+	utf8_trim(err);
 	exec_log_stderr(c);
 	if (o == OUT_SUCCEEDED)
 		log_debug("step=%lld attempt=%d tool=%s: succeeded", s->id,
@@ -811,6 +815,19 @@ utf8_len(const unsigned char *s, size_t n)
 	    (s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90))
 		return 0;
 	return need;
+}
+
+/* Drops an incomplete UTF-8 sequence at the end of s (a cut string). */
+static void
+utf8_trim(char *s)
+{
+	size_t	n = strlen(s), i = n;
+
+	while (i > 0 && n - i < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80)
+		i--;
+	if (i > 0 && (unsigned char)s[i - 1] >= 0xc0 &&
+	    utf8_len((const unsigned char *)s + i - 1, n - i + 1) == 0)
+		s[i - 1] = '\0';
 }
 
 /*

@@ -160,6 +160,7 @@ spawn_limit(int resource, rlim_t value)
 	return setrlimit(resource, &rl);
 }
 
+/* Sets the limits asked for; 0, or -1 with errno set. */
 static int
 spawn_limits(const struct spawn_limits *l)
 {
@@ -185,6 +186,7 @@ spawn_wait_go(int fd)
 		_exit(127);
 }
 
+/* The child's side: everything in the header's order, then exec. */
 static void
 spawn_exec(const char *path, char *const argv[], const struct spawn_opts *o,
     pid_t parent)

@@ -36,6 +36,7 @@ static void	child_tool_line(struct child *, const char *);
 static void	child_ctl_feed(struct child *, const char *, size_t);
 static void	child_ctl_drain(struct child *);
 static void	child_kill_tools(struct child *);
+static void	child_tools_reset(struct child *);
 static void	child_deadline_cb(evutil_socket_t, short, void *);
 static void	child_close_ctl(struct child *);
 static struct child *child_by_pid(struct sup *, pid_t);
@@ -118,6 +119,21 @@ child_close_ctl(struct child *c)
 }
 
 /*
+ * Sizes a worker's list of tool process groups for its concurrency: at
+ * spawn, since the crash path must not allocate.
+ */
+static void
+child_tools_reset(struct child *c)
+{
+	if (c->kind == KIND_WORKER) {
+		c->maxtools = c->sup->cfg.worker_concurrency;
+		c->tools = xreallocarray(c->tools, (size_t)c->maxtools,
+		    sizeof(pid_t));
+	}
+	c->ntools = 0;
+}
+
+/*
  * Spawns the slot's binary with its identity on argv and a control
  * socket on fd 3.  Returns 0, or -1 if the fork failed (the slot is then
  * handled like a child that died at once).
@@ -160,13 +176,7 @@ child_spawn(struct child *c)
 		return -1;
 	}
 	c->ctl_fd = sv[0];
-	/* Sized once per spawn: the crash path must not allocate. */
-	if (c->kind == KIND_WORKER) {
-		c->maxtools = sup->cfg.worker_concurrency;
-		c->tools = xreallocarray(c->tools, (size_t)c->maxtools,
-		    sizeof(pid_t));
-	}
-	c->ntools = 0;
+	child_tools_reset(c);
 	/* A few kB into an empty socket buffer: this write cannot block. */
 	if (config_send(c->ctl_fd, &sup->cfg) == -1)
 		log_warn("%s: cannot send the configuration",

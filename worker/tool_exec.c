@@ -189,6 +189,7 @@ exec_conf_argv(json_t *argv, struct exec_conf *c)
 	return c->argv[0][0] == '/' ? 0 : -1;
 }
 
+/* Reads the optional rlimits of a config; 0 leaves a limit alone. */
 static void
 exec_conf_limits(json_t *rl, struct spawn_limits *l)
 {
@@ -236,6 +237,7 @@ exec_conf_parse(const char *text, struct exec_conf *c, char *err,
 	return 0;
 }
 
+/* Frees a NULL-terminated array of strings. */
 static void
 exec_strv_free(char **v)
 {
@@ -248,6 +250,7 @@ exec_strv_free(char **v)
 	free(v);
 }
 
+/* Frees what exec_conf_parse allocated. */
 static void
 exec_conf_free(struct exec_conf *c)
 {
@@ -316,6 +319,7 @@ exec_pipes(int p[5][2])
 	return 0;
 }
 
+/* Closes the pipe ends exec_pipes made that are still open. */
 static void
 exec_pipes_close(int p[5][2])
 {
@@ -429,6 +433,7 @@ exec_close(struct exec_call *c, int i)
 	}
 }
 
+/* One of the call's pipes is ready. */
 static void
 exec_io_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -582,6 +587,7 @@ exec_timer_cb(evutil_socket_t fd, short what, void *arg)
 	exec_check_done(c);
 }
 
+/* The running call whose program has this pid, or NULL. */
 static struct exec_call *
 exec_by_pid(pid_t pid)
 {
@@ -661,6 +667,7 @@ exec_check_done(struct exec_call *c)
 	exec_finish(c);
 }
 
+/* Completes the step with the call's outcome and frees the call. */
 static void
 exec_finish(struct exec_call *c)
 {
@@ -862,6 +869,7 @@ exec_clean(const char *in, size_t n)
 	return out;
 }
 
+/* A call for step, on the list of calls (the caller frees it). */
 static struct exec_call *
 exec_call_new(struct worker *w, struct step *s, const struct exec_conf *conf)
 {
@@ -885,6 +893,7 @@ exec_call_new(struct worker *w, struct step *s, const struct exec_conf *conf)
 	return c;
 }
 
+/* Takes a call off the list and frees it, closing what is open. */
 static void
 exec_call_free(struct exec_call *c)
 {

@@ -59,7 +59,8 @@ SUPERVISOR_SRCS = supervisor/main.c \
 WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \
-		worker/tools.c
+		worker/tools.c \
+		worker/tool_exec.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
 CTL_SRCS =	ctl/main.c \
@@ -85,7 +86,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_supervisor.c \
 		tests/check_crash.c \
 		tests/check_ctl.c \
-		tests/check_inject.c
+		tests/check_inject.c \
+		tests/check_exec.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c
@@ -95,6 +97,10 @@ LIB	= $(BUILD)/libeavcommon.a
 BINS	= $(BUILD)/bin/eavd $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
 	  $(BUILD)/bin/eavctl
 TESTBIN	= $(BUILD)/bin/check_eav
+# Far sides the tests call, built without sanitizers: they are not under
+# test, and an address-space limit must not stop them from starting.
+FAR_BINS = $(BUILD)/bin/recorder
+FAR_PKGS = libpq jansson
 
 .PHONY: all run stop check check-build check-fm valgrind install uninstall \
 	clean deps lint bench
@@ -146,6 +152,12 @@ $(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
+$(BUILD)/bin/recorder: tests/far/recorder.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
+	    $(shell pkg-config --cflags $(FAR_PKGS) 2>/dev/null) -o $@ $< \
+	    $(shell pkg-config --libs $(FAR_PKGS) 2>/dev/null)
+
 deps:
 	@scripts/deps.sh
 
@@ -156,7 +168,7 @@ run: deps
 stop:
 	@scripts/cluster.sh stop
 
-check-build: $(BINS) $(TESTBIN)
+check-build: $(BINS) $(TESTBIN) $(FAR_BINS)
 
 check:
 	@scripts/deps.sh check

@@ -25,7 +25,7 @@ if [ -n "$bad" ]; then
 fi
 awk -f scripts/style.awk common/*.[ch] common/*.def supervisor/*.[ch] \
     worker/*.[ch] producer/*.[ch] ctl/*.[ch] inject/*.[ch] inject/*.def \
-    tests/*.[ch] tests/chaos/*.[ch] || fail=1
+    tests/*.[ch] tests/chaos/*.[ch] tests/far/*.c || fail=1
 if command -v shellcheck >/dev/null; then
 	shellcheck -S warning -s sh scripts/*.sh tests/*.sh || fail=1
 	shellcheck -S warning tests/chaos/*.sh || fail=1
@@ -34,7 +34,8 @@ if command -v cppcheck >/dev/null; then
 	cppcheck --quiet --error-exitcode=1 --enable=warning \
 	    --suppress=missingIncludeSystem -I common -I inject \
 	    --include="/usr/include/$(gcc -print-multiarch)/sys/queue.h" \
-	    common supervisor worker producer ctl inject tests/chaos || fail=1
+	    common supervisor worker producer ctl inject tests/chaos tests/far ||
+	    fail=1
 fi
 [ "$fail" = 0 ] && echo "lint: ok"
 exit "$fail"

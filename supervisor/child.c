@@ -3,6 +3,13 @@
  * the producer), spawn, readiness and reaping.  A slot's pid is 0 unless
  * its state is STARTING, UP or STOPPING.  Reaping only records the death
  * and hands it to policy.c; it never restarts anything itself.
+ *
+ * A worker tells us on fd 3 the process group of every program it runs
+ * for an exec tool ("tool+ <pgid>" before the program may exec, "tool-
+ * <pgid>" once it is over).  When the worker dies, the lines it left
+ * unread are read, and every group still listed is SIGKILLed before its
+ * steps are reconciled: an interrupted call must be dead before any
+ * retry of it can start (shared/reliability.md A.7 rule 7).
  */
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -21,9 +28,15 @@
 #include "log.h"
 #include "spawn.h"
 #include "supervisor.h"
+#include "xalloc.h"
 
 static void	child_ctl_cb(evutil_socket_t, short, void *);
 static void	child_line(struct child *, const char *);
+static void	child_tool_line(struct child *, const char *);
+static void	child_ctl_feed(struct child *, const char *, size_t);
+static void	child_ctl_drain(struct child *);
+static void	child_kill_tools(struct child *);
+static void	child_tools_reset(struct child *);
 static void	child_deadline_cb(evutil_socket_t, short, void *);
 static void	child_close_ctl(struct child *);
 static struct child *child_by_pid(struct sup *, pid_t);
@@ -106,6 +119,21 @@ child_close_ctl(struct child *c)
 }
 
 /*
+ * Sizes a worker's list of tool process groups for its concurrency: at
+ * spawn, since the crash path must not allocate.
+ */
+static void
+child_tools_reset(struct child *c)
+{
+	if (c->kind == KIND_WORKER) {
+		c->maxtools = c->sup->cfg.worker_concurrency;
+		c->tools = xreallocarray(c->tools, (size_t)c->maxtools,
+		    sizeof(pid_t));
+	}
+	c->ntools = 0;
+}
+
+/*
  * Spawns the slot's binary with its identity on argv and a control
  * socket on fd 3.  Returns 0, or -1 if the fork failed (the slot is then
  * handled like a child that died at once).
@@ -148,6 +176,7 @@ child_spawn(struct child *c)
 		return -1;
 	}
 	c->ctl_fd = sv[0];
+	child_tools_reset(c);
 	/* A few kB into an empty socket buffer: this write cannot block. */
 	if (config_send(c->ctl_fd, &sup->cfg) == -1)
 		log_warn("%s: cannot send the configuration",
@@ -189,11 +218,54 @@ child_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* "tool+ <pgid>" or "tool- <pgid>" from a worker. */
+static void
+child_tool_line(struct child *c, const char *line)
+{
+	char		 name[32], *end;
+	long long	 pg;
+	int		 i;
+
+	errno = 0;
+	pg = strtoll(line + 6, &end, 10);
+	/* Never a group that is not the worker's program's: not 0 (ours),
+	 * not init's, not our own. */
+	if (line[5] != ' ' || *end != '\0' || errno != 0 || pg <= 1 ||
+	    pg > INT_MAX || (pid_t)pg == getpgrp()) {
+		log_warnx("%s pid %d sent a bad line on fd 3: %.60s",
+		    child_name(c, name, sizeof(name)), (int)c->pid, line);
+		return;
+	}
+	if (line[4] == '+' && c->ntools < c->maxtools) {
+		c->tools[c->ntools++] = (pid_t)pg;
+		return;
+	}
+	if (line[4] == '+') {
+		log_warnx("%s pid %d runs more programs than its concurrency; "
+		    "not tracking group %lld", child_name(c, name,
+		    sizeof(name)), (int)c->pid, pg);
+		return;
+	}
+	for (i = 0; i < c->ntools; i++)
+		if (c->tools[i] == (pid_t)pg) {
+			c->tools[i] = c->tools[--c->ntools];
+			return;
+		}
+}
+
 static void
 child_line(struct child *c, const char *line)
 {
 	char	name[32];
 
+	if (strncmp(line, "tool+ ", 6) == 0 ||
+	    strncmp(line, "tool- ", 6) == 0) {
+		child_tool_line(c, line);
+		return;
+	}
+	/* Lines a dead child left behind: only its tool groups matter. */
+	if (c->pid == 0)
+		return;
 	if (strcmp(line, "ready") != 0) {
 		log_warnx("%s pid %d sent an unknown line on fd 3: %.60s",
 		    child_name(c, name, sizeof(name)), (int)c->pid, line);
@@ -214,24 +286,14 @@ child_line(struct child *c, const char *line)
 	sup_check_ready(c->sup);
 }
 
-/* Reads readiness lines; EOF is left to SIGCHLD. */
+/* Splits what a child wrote into lines. */
 static void
-child_ctl_cb(evutil_socket_t fd, short what, void *arg)
+child_ctl_feed(struct child *c, const char *buf, size_t n)
 {
-	struct child	*c = arg;
-	char		 buf[128], *nl;
-	ssize_t		 n;
-	size_t		 i;
+	char	*nl;
+	size_t	 i;
 
-	(void)what;
-	n = read(fd, buf, sizeof(buf));
-	if (n == -1 && (errno == EAGAIN || errno == EINTR))
-		return;
-	if (n <= 0) {
-		event_del(c->ctl_ev);
-		return;
-	}
-	for (i = 0; i < (size_t)n; i++) {
+	for (i = 0; i < n; i++) {
 		if (c->linelen < sizeof(c->line) - 1)
 			c->line[c->linelen++] = buf[i];
 		if (buf[i] != '\n')
@@ -242,6 +304,58 @@ child_ctl_cb(evutil_socket_t fd, short what, void *arg)
 		c->linelen = 0;
 		child_line(c, c->line);
 	}
+}
+
+/* Reads readiness and tool lines; EOF is left to SIGCHLD. */
+static void
+child_ctl_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct child	*c = arg;
+	char		 buf[128];
+	ssize_t		 n;
+
+	(void)what;
+	n = read(fd, buf, sizeof(buf));
+	if (n == -1 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		event_del(c->ctl_ev);
+		return;
+	}
+	child_ctl_feed(c, buf, (size_t)n);
+}
+
+/* Reads what a dead child wrote and we had not read yet. */
+static void
+child_ctl_drain(struct child *c)
+{
+	char	buf[512];
+	ssize_t	n;
+
+	if (c->ctl_fd == -1)
+		return;
+	while ((n = read(c->ctl_fd, buf, sizeof(buf))) > 0 ||
+	    (n == -1 && errno == EINTR))
+		if (n > 0)
+			child_ctl_feed(c, buf, (size_t)n);
+}
+
+/* SIGKILLs the process groups of a dead worker's exec calls. */
+static void
+child_kill_tools(struct child *c)
+{
+	char	name[32];
+	int	i;
+
+	for (i = 0; i < c->ntools; i++) {
+		if (killpg(c->tools[i], SIGKILL) == 0)
+			log_notice("%s pid %d: killed process group %d of its "
+			    "exec tool", child_name(c, name, sizeof(name)),
+			    (int)c->dead_pid, (int)c->tools[i]);
+		else if (errno != ESRCH)
+			log_warn("killpg %d", (int)c->tools[i]);
+	}
+	c->ntools = 0;
 }
 
 static struct child *
@@ -279,10 +393,12 @@ child_reap_all(struct sup *sup)
 			continue;
 		}
 		evtimer_del(c->timer);
-		child_close_ctl(c);
 		c->dead_pid = pid;
 		c->dead_status = status;
 		c->pid = 0;
+		child_ctl_drain(c);
+		child_kill_tools(c);
+		child_close_ctl(c);
 		policy_child_exited(c);
 	}
 }

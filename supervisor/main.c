@@ -430,8 +430,10 @@ sup_free(struct sup *sup)
 {
 	int	i;
 
-	for (i = 0; i < MAX_CHILDREN; i++)
+	for (i = 0; i < MAX_CHILDREN; i++) {
 		event_free(sup->children[i].timer);
+		free(sup->children[i].tools);
+	}
 	for (i = 0; i < 5; i++)
 		if (sup->sig_ev[i] != NULL)
 			event_free(sup->sig_ev[i]);

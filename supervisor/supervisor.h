@@ -64,6 +64,9 @@ struct child {
 	pid_t			 dead_pid;
 	int			 dead_status;
 	int			 busy;		/* reconcile in flight */
+	pid_t			*tools;		/* process groups of its exec */
+	int			 ntools;	/* tool calls ("tool+" lines) */
+	int			 maxtools;
 };
 
 struct kind_state {

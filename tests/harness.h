@@ -83,5 +83,6 @@ Suite	*suite_supervisor(void) __attribute__((weak));
 Suite	*suite_crash(void) __attribute__((weak));
 Suite	*suite_ctl(void) __attribute__((weak));
 Suite	*suite_inject(void) __attribute__((weak));
+Suite	*suite_exec(void) __attribute__((weak));
 
 #endif

@@ -49,6 +49,8 @@ outcome_name(enum step_outcome o)
 		return "retry";
 	case OUT_RELEASE:
 		return "release";
+	case OUT_UNKNOWN:
+		return "unknown";
 	default:
 		return "?";
 	}
@@ -93,6 +95,10 @@ step_free(struct step *s)
 	free(s->input_error);
 	free(s->tool);
 	free(s->builtin);
+	free(s->kind);
+	free(s->config);
+	free(s->idem_key);
+	free(s->trace_id);
 	free(s->error);
 	free(s);
 }
@@ -139,7 +145,13 @@ step_new(struct worker *w, PGresult *res, int row)
 	s->tool = xstrdup(PQgetvalue(res, row, 4));
 	builtin = PQgetisnull(res, row, 5) ? "" : PQgetvalue(res, row, 5);
 	s->builtin = xstrdup(builtin);
+	s->idem_key = xstrdup(PQgetvalue(res, row, 7));
+	s->trace_id = xstrdup(PQgetvalue(res, row, 8));
 	s->timeout_ms = atoi(PQgetvalue(res, row, 9));
+	/* A step of a tool that is not registered has no kind. */
+	s->kind = xstrdup(PQgetvalue(res, row, 11));
+	if (!PQgetisnull(res, row, 12))
+		s->config = xstrdup(PQgetvalue(res, row, 12));
 	/* jsonb holds numbers jansson cannot (beyond 64 bits): that step
 	 * fails on its own, the worker goes on. */
 	s->input = json_loads(PQgetvalue(res, row, 6), JSON_DECODE_ANY, &jerr);
@@ -232,10 +244,10 @@ batch_json(struct worker *w)
 	TAILQ_FOREACH(s, &w->done, entry) {
 		if (s->outcome == OUT_LEDGER)
 			continue;
-		o = json_pack("{s:I, s:I, s:s, s:O?, s:s?}", "id",
+		o = json_pack("{s:I, s:I, s:s, s:O?, s:s?, s:s?}", "id",
 		    (json_int_t)s->id, "epoch", (json_int_t)s->epoch,
 		    "outcome", outcome_name(s->outcome), "result", s->result,
-		    "error", s->error);
+		    "error", s->error, "detected_by", s->detected_by);
 		if (o == NULL || json_array_append_new(batch, o) == -1)
 			fatalx("cannot build completion batch");
 	}

@@ -130,7 +130,25 @@ worker_events(struct worker *w)
 		fatalx("cannot add poll timer");
 }
 
-/* Stops claiming; running steps finish or are released. */
+/* Tells eavd "<what> <n>" on fd 3; 0, or -1 if it cannot hear us. */
+int
+worker_ctl_send(const char *what, long long n)
+{
+	char	line[64];
+	int	len;
+	ssize_t	r;
+
+	len = snprintf(line, sizeof(line), "%s %lld\n", what, n);
+	while ((r = write(3, line, (size_t)len)) == -1 && errno == EINTR)
+		;
+	return r == len ? 0 : -1;
+}
+
+/*
+ * Stops claiming; running steps finish or are released.  An exec call
+ * cannot be interrupted without making its outcome unknown, so it is
+ * waited for (eavd SIGKILLs us after shutdown_grace).
+ */
 void
 worker_stop(struct worker *w, const char *why)
 {
@@ -139,7 +157,8 @@ worker_stop(struct worker *w, const char *why)
 	if (w->stopping)
 		return;
 	w->stopping = 1;
-	log_info("stopping (%s) running=%d", why, w->nrunning);
+	log_info("stopping (%s) running=%d exec=%d", why, w->nrunning,
+	    exec_running());
 	TAILQ_FOREACH_SAFE(s, &w->running, entry, next)
 		(void)tool_cancel(s);
 	if (w->ndone > 0 && db_is_connected(&w->db))
@@ -175,6 +194,8 @@ worker_free(struct worker *w)
 			event_free(w->sig_ev[i]);
 	if (w->ctl_ev)
 		event_free(w->ctl_ev);
+	if (w->chld_ev)
+		event_free(w->chld_ev);
 	if (w->poll_ev)
 		event_free(w->poll_ev);
 	if (w->cycle_ev)
@@ -216,6 +237,7 @@ main(int argc, char **argv)
 	inject_db_init(w.cfg.dsn, w.actor, w.incarnation, 1);
 	w.queues = queues_literal(w.cfg.worker_queues);
 	worker_events(&w);
+	exec_init(&w);
 	cycle_init(&w);
 	conn_init(&w);
 	if (conn_open(&w) == -1)

@@ -1,8 +1,9 @@
 /*
- * Built-in tools.  noop, fail and ledger.transfer finish at once (ledger's
- * effect runs at completion, in the same transaction); sleep is a timer on
- * the worker's loop, so many run side by side.  A tool's input arrives
- * already parsed; bad input is a permanent failure naming the field.
+ * Built-in tools, and the dispatch to the other kinds (exec: tool_exec.c).
+ * noop, fail and ledger.transfer finish at once (ledger's effect runs at
+ * completion, in the same transaction); sleep is a timer on the worker's
+ * loop, so many run side by side.  A tool's input arrives already parsed;
+ * bad input is a permanent failure naming the field.
  */
 #include <stdio.h>
 #include <string.h>
@@ -94,6 +95,10 @@ tool_start(struct worker *w, struct step *s)
 		 * ledger.transfer (made in that call), after a local tool's. */
 		w->inject_drop = 1;
 		break;
+	}
+	if (strcmp(s->kind, "exec") == 0) {
+		exec_start(w, s);
+		return;
 	}
 	if (strcmp(s->builtin, "ledger.transfer") == 0) {
 		/* The effect runs at flush, in the completing transaction. */

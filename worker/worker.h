@@ -22,7 +22,8 @@ enum step_outcome {
 	OUT_FAILED,	/* permanent */
 	OUT_RETRY,	/* retryable failure */
 	OUT_RELEASE,	/* never had an effect: give it back */
-	OUT_LEDGER	/* in-database tool: effect and completion at flush */
+	OUT_LEDGER,	/* in-database tool: effect and completion at flush */
+	OUT_UNKNOWN	/* the call may or may not have taken effect */
 };
 
 struct worker;
@@ -36,11 +37,16 @@ struct step {
 	int			 attempt;
 	int			 timeout_ms;
 	char			*tool;
-	char			*builtin;
+	char			*builtin;	/* "" unless kind is builtin */
+	char			*kind;
+	char			*config;	/* JSON; NULL for builtin */
+	char			*idem_key;
+	char			*trace_id;
 	json_t			*input;		/* NULL: not representable */
 	char			*input_error;
 	struct event		*timer;
 	enum step_outcome	 outcome;
+	const char		*detected_by;	/* OUT_UNKNOWN: how */
 	json_t			*result;
 	char			*error;
 	int			 ran;		/* the tool was called */
@@ -63,6 +69,7 @@ struct worker {
 	struct event		*poll_ev;
 	struct event		*ctl_ev;
 	struct event		*sig_ev[3];
+	struct event		*chld_ev;
 
 	struct step_list	 running;
 	struct step_list	 done;
@@ -96,8 +103,14 @@ void	step_finish(struct step *, enum step_outcome, json_t *,
 void	tool_start(struct worker *, struct step *);
 int	tool_cancel(struct step *);
 
+/* tool_exec.c */
+void	exec_init(struct worker *);
+void	exec_start(struct worker *, struct step *);
+int	exec_running(void);
+
 /* main.c */
 void	worker_stop(struct worker *, const char *);
 void	worker_maybe_exit(struct worker *);
+int	worker_ctl_send(const char *, long long);
 
 #endif

@@ -98,12 +98,24 @@ pause_ms(long ms)
 		;
 }
 
+/* Runs SQL with an array of n text parameters; exits on failure. */
+static PGresult *
+q_params(struct bench *b, const char *sql, int n, const char **params)
+{
+	PGresult	*res;
+
+	res = PQexecParams(b->conn, sql, n, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK &&
+	    PQresultStatus(res) != PGRES_COMMAND_OK)
+		fatalx("%s: %s", sql, PQresultErrorMessage(res));
+	return res;
+}
+
 /* Runs SQL with n text parameters; exits on failure; caller PQclears. */
 static PGresult *
 q(struct bench *b, const char *sql, int n, ...)
 {
 	const char	*params[8];
-	PGresult	*res;
 	va_list		 ap;
 	int		 i;
 
@@ -111,11 +123,7 @@ q(struct bench *b, const char *sql, int n, ...)
 	for (i = 0; i < n && i < 8; i++)
 		params[i] = va_arg(ap, const char *);
 	va_end(ap);
-	res = PQexecParams(b->conn, sql, n, NULL, params, NULL, NULL, 0);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK &&
-	    PQresultStatus(res) != PGRES_COMMAND_OK)
-		fatalx("%s: %s", sql, PQresultErrorMessage(res));
-	return res;
+	return q_params(b, sql, n, params);
 }
 
 /* The single integer value of a query (0 for NULL). */
@@ -132,9 +140,9 @@ q_ll(struct bench *b, const char *sql, int n, ...)
 	for (i = 0; i < n && i < 8; i++)
 		params[i] = va_arg(ap, const char *);
 	va_end(ap);
-	res = PQexecParams(b->conn, sql, n, NULL, params, NULL, NULL, 0);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-		fatalx("%s: %s", sql, PQresultErrorMessage(res));
+	res = q_params(b, sql, n, params);
+	if (PQntuples(res) != 1)
+		fatalx("%s: %d rows", sql, PQntuples(res));
 	v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 	PQclear(res);
 	return v;

@@ -110,9 +110,12 @@ inject_db_load(PGresult *res)
 
 /*
  * LISTENs, then loads what is armed for this kind of process, on an idle
- * connection.  Returns the status of the failed call, or DB_OK.
+ * connection.  Failing for another reason than the connection is no
+ * reason to drop it (the outcomes it must deliver matter more): the load
+ * is tried again at the next wake-up.  Returns -1 if the connection was
+ * lost, else 0.
  */
-enum db_status
+int
 inject_db_subscribe(struct db *db, const char *kind)
 {
 	PGresult	*res = NULL;
@@ -120,14 +123,20 @@ inject_db_subscribe(struct db *db, const char *kind)
 	enum db_status	 st;
 
 	db->inject_changed = 0;
-	if ((st = db_call(db, DB_INJECT_LISTEN, NULL, &res)) != DB_OK)
-		return st;
-	PQclear(res);
-	if ((st = db_call(db, DB_INJECT_ARMED, params, &res)) != DB_OK)
-		return st;
+	if ((st = db_call(db, DB_INJECT_LISTEN, NULL, &res)) == DB_OK) {
+		PQclear(res);
+		st = db_call(db, DB_INJECT_ARMED, params, &res);
+	}
+	if (st == DB_CONN_LOST)
+		return -1;
+	if (st != DB_OK) {
+		log_warnx("cannot load injections: %s", db->errmsg);
+		db->inject_changed = 1;
+		return 0;
+	}
 	inject_db_load(res);
 	PQclear(res);
-	return DB_OK;
+	return 0;
 }
 
 /* Closes the second connection and forgets the settings (at exit). */

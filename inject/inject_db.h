@@ -10,7 +10,7 @@
 
 void		inject_db_init(const char *, const char *, long long, int);
 void		inject_db_load(PGresult *);
-enum db_status	inject_db_subscribe(struct db *, const char *);
+int		inject_db_subscribe(struct db *, const char *);
 void		inject_db_close(void);
 
 #endif

@@ -30,7 +30,6 @@ static int	ingest_try(void *);
 static void	ingest_up(void *, int64_t);
 static void	demo_cb(evutil_socket_t, short, void *);
 static void	ingest_inject_reload(struct producer *);
-static int	ingest_inject_load(struct producer *);
 
 /* Asks for an ingest cycle on the next loop iteration. */
 void
@@ -57,31 +56,13 @@ ingest_read_cb(evutil_socket_t fd, short what, void *arg)
 	ingest_inject_reload(p);
 }
 
-/*
- * Loads the armed injections (again, after NOTIFY eav_inject); a failure
- * other than a lost connection is tried again at the next wake-up.
- * Returns -1 if the connection was lost.
- */
-static int
-ingest_inject_load(struct producer *p)
-{
-	enum db_status	st;
-
-	if ((st = inject_db_subscribe(&p->db, "producer")) == DB_CONN_LOST)
-		return -1;
-	if (st != DB_OK) {
-		log_warnx("cannot load injections: %s", p->db.errmsg);
-		p->db.inject_changed = 1;
-	}
-	return 0;
-}
-
+/* Loads the armed injections again after NOTIFY eav_inject. */
 static void
 ingest_inject_reload(struct producer *p)
 {
 	if (!p->db.inject_changed || !db_is_connected(&p->db))
 		return;
-	if (ingest_inject_load(p) == -1) {
+	if (inject_db_subscribe(&p->db, "producer") == -1) {
 		ingest_lost(p);
 		return;
 	}
@@ -110,7 +91,7 @@ ingest_connect(struct producer *p)
 		return -1;
 	}
 	if (db_exec(&p->db, "LISTEN eav_inbox") != DB_OK ||
-	    ingest_inject_load(p) == -1) {
+	    inject_db_subscribe(&p->db, "producer") == -1) {
 		db_close(&p->db);
 		return -1;
 	}

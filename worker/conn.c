@@ -23,7 +23,6 @@ static int	conn_resync(struct worker *);
 static void	conn_read_cb(evutil_socket_t, short, void *);
 static int	conn_try(void *);
 static void	conn_up(void *, int64_t);
-static int	conn_inject_load(struct worker *);
 
 /* NOTIFY arrives here while the worker is idle. */
 static void
@@ -44,25 +43,15 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	conn_inject_reload(w);
 }
 
-/*
- * Loads the armed injections again after NOTIFY eav_inject.  Failing to
- * is no reason to drop the connection (the outcomes it must deliver
- * matter more): it is tried again at the next wake-up.
- */
+/* Loads the armed injections again after NOTIFY eav_inject. */
 void
 conn_inject_reload(struct worker *w)
 {
-	enum db_status	st;
-
 	if (!w->db.inject_changed || !db_is_connected(&w->db))
 		return;
-	if ((st = inject_db_subscribe(&w->db, "worker")) == DB_CONN_LOST) {
+	if (inject_db_subscribe(&w->db, "worker") == -1) {
 		conn_lost(w);
 		return;
-	}
-	if (st != DB_OK) {
-		log_warnx("cannot load injections: %s", w->db.errmsg);
-		w->db.inject_changed = 1;
 	}
 	/* Wake-ups that arrived during the calls. */
 	if (db_drain_notifies(&w->db) > 0)
@@ -111,21 +100,6 @@ conn_resync(struct worker *w)
 	return 0;
 }
 
-/* Subscribes to injections on a new connection; -1 if it was lost. */
-static int
-conn_inject_load(struct worker *w)
-{
-	enum db_status	st;
-
-	if ((st = inject_db_subscribe(&w->db, "worker")) == DB_CONN_LOST)
-		return -1;
-	if (st != DB_OK) {
-		log_warnx("cannot load injections: %s", w->db.errmsg);
-		w->db.inject_changed = 1;
-	}
-	return 0;
-}
-
 /*
  * Connects, listens for new steps, resyncs after a loss.  Returns 0, or
  * -1 with the connection closed.
@@ -143,7 +117,7 @@ conn_open(struct worker *w)
 	}
 	if (db_exec(&w->db, "LISTEN eav_steps") != DB_OK ||
 	    (w->reconnect.lost_since != 0 && conn_resync(w) == -1) ||
-	    conn_inject_load(w) == -1) {
+	    inject_db_subscribe(&w->db, "worker") == -1) {
 		db_close(&w->db);
 		return -1;
 	}

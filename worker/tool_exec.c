@@ -116,6 +116,7 @@ static void	exec_release(struct exec_call *, int);
 static void	exec_watch(struct exec_call *);
 static void	exec_io_cb(evutil_socket_t, short, void *);
 static void	exec_write_in(struct exec_call *);
+static ssize_t	exec_read(int, void *, size_t);
 static void	exec_read_out(struct exec_call *);
 static void	exec_read_err(struct exec_call *);
 static void	exec_read_fail(struct exec_call *);
@@ -472,6 +473,22 @@ exec_write_in(struct exec_call *c)
 	exec_close(c, FD_IN);
 }
 
+/*
+ * One read from a pipe of the program: > 0 bytes read, 0 at its end (or
+ * an error: the pipe is closed either way), -1 when nothing is there yet.
+ */
+static ssize_t
+exec_read(int fd, void *buf, size_t len)
+{
+	ssize_t	n;
+
+	while ((n = read(fd, buf, len)) == -1 && errno == EINTR)
+		;
+	if (n == -1 && errno == EAGAIN)
+		return -1;
+	return n < 0 ? 0 : n;
+}
+
 /* Reads stdout; one byte over the cap kills the program's group. */
 static void
 exec_read_out(struct exec_call *c)
@@ -485,13 +502,11 @@ exec_read_out(struct exec_call *c)
 				c->out_cap = c->max_output + 1;
 			c->out = xreallocarray(c->out, c->out_cap, 1);
 		}
-		n = read(c->fds[FD_OUT], c->out + c->out_len,
+		n = exec_read(c->fds[FD_OUT], c->out + c->out_len,
 		    c->out_cap - c->out_len);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1 && errno == EAGAIN)
+		if (n == -1)
 			return;
-		if (n <= 0)
+		if (n == 0)
 			break;
 		c->out_len += (size_t)n;
 		if (c->out_len > c->max_output) {
@@ -511,12 +526,10 @@ exec_read_err(struct exec_call *c)
 	ssize_t	n;
 
 	for (;;) {
-		n = read(c->fds[FD_ERR], buf, sizeof(buf));
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1 && errno == EAGAIN)
+		n = exec_read(c->fds[FD_ERR], buf, sizeof(buf));
+		if (n == -1)
 			return;
-		if (n <= 0)
+		if (n == 0)
 			break;
 		keep = sizeof(c->err) - c->err_len;
 		if (keep > (size_t)n)
@@ -538,13 +551,11 @@ exec_read_fail(struct exec_call *c)
 	for (;;) {
 		if (c->failure_len == sizeof(c->failure))
 			break;
-		n = read(c->fds[FD_FAIL], p + c->failure_len,
+		n = exec_read(c->fds[FD_FAIL], p + c->failure_len,
 		    sizeof(c->failure) - c->failure_len);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1 && errno == EAGAIN)
+		if (n == -1)
 			return;
-		if (n <= 0)
+		if (n == 0)
 			break;
 		c->failure_len += (size_t)n;
 	}

@@ -504,6 +504,7 @@ END_TEST
 
 /* Queues are created and tuned through eav.queue_set, audited; bad
  * values are refused and change nothing. */
+/* FM-018 */
 START_TEST(test_queue)
 {
 	struct th_db	 db;

@@ -294,6 +294,47 @@ START_TEST(test_audit_append_only)
 }
 END_TEST
 
+/*
+ * A statement's rows reach the client before its transaction commits: a
+ * backend that dies in between (here during a deferred trigger at
+ * commit) leaves a good-looking result, then the connection's end.  That
+ * is a lost connection, whose outcome is unknown, never a success.
+ */
+/* FM-059 */
+START_TEST(test_result_then_backend_death)
+{
+	struct th_db	 db;
+	struct db	 d;
+	PGresult	*res = NULL;
+	const char	*params[6] = { "fm059", NULL, NULL, NULL, NULL,
+			    "test" };
+	char		 pid[16];
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "CREATE FUNCTION public.slow_commit() "
+	    "RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
+	    "pg_sleep(60); RETURN NULL; END $$", 0));
+	PQclear(th_exec(db.conn, "CREATE CONSTRAINT TRIGGER slow AFTER "
+	    "INSERT ON eav.queues DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+	    "EXECUTE FUNCTION public.slow_commit()", 0));
+	memset(&d, 0, sizeof(d));
+	ck_assert_msg(db_connect(&d, db.dsn, "check_schema") == 0, "%s",
+	    d.errmsg);
+	snprintf(pid, sizeof(pid), "%d", d.backend_pid);
+	ck_assert_int_eq(db_send(&d, DB_QUEUE_SET, params), DB_OK);
+	ck_assert(th_wait(db.conn, 20000, "SELECT wait_event = 'PgSleep' "
+	    "FROM pg_stat_activity WHERE pid = $1::int", 1, pid));
+	ck_assert(th_ll(db.conn, "SELECT pg_terminate_backend($1::int)::int",
+	    1, pid) == 1);
+	ck_assert_int_eq(db_finish(&d, DB_QUEUE_SET, &res), DB_CONN_LOST);
+	ck_assert_ptr_null(res);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.queues "
+	    "WHERE name = 'fm059'", 0), 0);
+	db_close(&d);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_schema(void)
 {
@@ -303,6 +344,7 @@ suite_schema(void)
 	tcase_add_test(tc, test_migrate_twice_is_once);
 	tcase_add_test(tc, test_migrate_concurrent);
 	tcase_add_test(tc, test_everything_commented);
+	tcase_add_test(tc, test_result_then_backend_death);
 	tcase_add_loop_test(tc, test_audit_append_only, 0,
 	    (int)(sizeof(audit_changes) / sizeof(audit_changes[0])));
 	tcase_set_timeout(tc, 90);

@@ -1327,6 +1327,7 @@ END_TEST
  * resolved as succeeded or failed; a retry of a running step of a
  * cancelled task cancels it; a finished task cannot be cancelled.
  */
+/* FM-035 */
 START_TEST(test_task_cancel_states)
 {
 	long long	 held, pend, run, done, inc, s;

@@ -60,7 +60,8 @@ WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \
 		worker/tools.c \
-		worker/tool_exec.c
+		worker/tool_exec.c \
+		worker/tool_http.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
 CTL_SRCS =	ctl/main.c \

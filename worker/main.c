@@ -157,8 +157,8 @@ worker_stop(struct worker *w, const char *why)
 	if (w->stopping)
 		return;
 	w->stopping = 1;
-	log_info("stopping (%s) running=%d exec=%d", why, w->nrunning,
-	    exec_running());
+	log_info("stopping (%s) running=%d exec=%d http=%d", why,
+	    w->nrunning, exec_running(), http_running());
 	TAILQ_FOREACH_SAFE(s, &w->running, entry, next)
 		(void)tool_cancel(s);
 	if (w->ndone > 0 && db_is_connected(&w->db))

@@ -100,6 +100,10 @@ tool_start(struct worker *w, struct step *s)
 		exec_start(w, s);
 		return;
 	}
+	if (strcmp(s->kind, "http") == 0) {
+		http_start(w, s);
+		return;
+	}
 	if (strcmp(s->builtin, "ledger.transfer") == 0) {
 		/* The effect runs at flush, in the completing transaction. */
 		step_finish(s, OUT_LEDGER, NULL, NULL);

@@ -115,6 +115,10 @@ void	exec_init(struct worker *);
 void	exec_start(struct worker *, struct step *);
 int	exec_running(void);
 
+/* tool_http.c */
+void	http_start(struct worker *, struct step *);
+int	http_running(void);
+
 /* main.c */
 void	worker_stop(struct worker *, const char *);
 void	worker_maybe_exit(struct worker *);

@@ -101,8 +101,9 @@ BINS	= $(BUILD)/bin/eavd $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
 TESTBIN	= $(BUILD)/bin/check_eav
 # Far sides the tests call, built without sanitizers: they are not under
 # test, and an address-space limit must not stop them from starting.
-FAR_BINS = $(BUILD)/bin/recorder
+FAR_BINS = $(BUILD)/bin/recorder $(BUILD)/bin/httpd
 FAR_PKGS = libpq jansson
+HTTPD_PKGS = libevent jansson
 
 .PHONY: all run stop check check-build check-fm valgrind install uninstall \
 	clean deps lint bench
@@ -159,6 +160,12 @@ $(BUILD)/bin/recorder: tests/far/recorder.c
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
 	    $(shell pkg-config --cflags $(FAR_PKGS) 2>/dev/null) -o $@ $< \
 	    $(shell pkg-config --libs $(FAR_PKGS) 2>/dev/null)
+
+$(BUILD)/bin/httpd: tests/far/httpd.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
+	    $(shell pkg-config --cflags $(HTTPD_PKGS) 2>/dev/null) -o $@ $< \
+	    $(shell pkg-config --libs $(HTTPD_PKGS) 2>/dev/null)
 
 deps:
 	@scripts/deps.sh

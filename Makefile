@@ -60,7 +60,9 @@ WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \
 		worker/tools.c \
-		worker/tool_exec.c
+		worker/toolproc.c \
+		worker/tool_exec.c \
+		worker/tool_mcp.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
 CTL_SRCS =	ctl/main.c \
@@ -87,7 +89,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_crash.c \
 		tests/check_ctl.c \
 		tests/check_inject.c \
-		tests/check_exec.c
+		tests/check_exec.c \
+		tests/check_mcp.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c
@@ -99,7 +102,8 @@ BINS	= $(BUILD)/bin/eavd $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
 TESTBIN	= $(BUILD)/bin/check_eav
 # Far sides the tests call, built without sanitizers: they are not under
 # test, and an address-space limit must not stop them from starting.
-FAR_BINS = $(BUILD)/bin/recorder
+FAR_BINS = $(BUILD)/bin/recorder \
+	   $(BUILD)/bin/mcpd
 FAR_PKGS = libpq jansson
 
 .PHONY: all run stop check check-build check-fm valgrind install uninstall \
@@ -152,7 +156,7 @@ $(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
-$(BUILD)/bin/recorder: tests/far/recorder.c
+$(FAR_BINS): $(BUILD)/bin/%: tests/far/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
 	    $(shell pkg-config --cflags $(FAR_PKGS) 2>/dev/null) -o $@ $< \

@@ -30,7 +30,10 @@ static struct step *step_new(struct worker *, PGresult *, int);
 static int	cycle_start_claimed(struct worker *, PGresult *);
 static int	cycle_exchange(struct worker *, int);
 static int	exchange_call(struct worker *, const char *, int, PGresult **);
+static int	key_given(const struct step *);
+static json_t	*batch_elem(const struct step *);
 static char	*batch_json(struct worker *);
+static int	gate_apply(struct step *, const char *);
 static int	flush_ledger(struct worker *, struct step *);
 static int	flush_ledgers(struct worker *);
 static void	flush_report(struct worker *, PGresult *);
@@ -51,6 +54,12 @@ outcome_name(enum step_outcome o)
 		return "release";
 	case OUT_UNKNOWN:
 		return "unknown";
+	case OUT_DEFERRED:
+		return "deferred";
+	case OUT_REPLAY:
+		return "replay";
+	case OUT_COLLISION:
+		return "collision";
 	default:
 		return "?";
 	}
@@ -154,11 +163,40 @@ step_new(struct worker *w, PGresult *res, int row)
 		s->config = xstrdup(PQgetvalue(res, row, 12));
 	/* jsonb holds numbers jansson cannot (beyond 64 bits): that step
 	 * fails on its own, the worker goes on. */
+	s->retry_after_ms = -1;
 	s->input = json_loads(PQgetvalue(res, row, 6), JSON_DECODE_ANY, &jerr);
 	if (s->input == NULL)
 		s->input_error = xasprintf("input cannot be read by the "
 		    "worker: %s", jerr.text);
 	return s;
+}
+
+/*
+ * The claim's gate for a step (see sql/0009): anything but "" means the
+ * tool is not called, and the gate goes back as the outcome for SQL to
+ * apply.  Returns 1 if the step was finished here.
+ */
+static int
+gate_apply(struct step *s, const char *gate)
+{
+	char	err[160];
+
+	if (*gate == '\0')
+		return 0;
+	s->gated = 1;
+	if (strcmp(gate, "defer") == 0)
+		step_finish(s, OUT_DEFERRED, NULL, "not called: the tool is "
+		    "rate limited or unavailable");
+	else if (strcmp(gate, "replay") == 0)
+		step_finish(s, OUT_REPLAY, NULL, NULL);
+	else if (strcmp(gate, "collision") == 0)
+		step_finish(s, OUT_COLLISION, NULL, NULL);
+	else {
+		snprintf(err, sizeof(err), "not called: tool %s is "
+		    "unavailable (%s)", s->tool, gate);
+		step_finish(s, OUT_FAILED, NULL, err);
+	}
+	return 1;
 }
 
 /* Starts the steps a claim returned (rows with status "claimed"). */
@@ -186,7 +224,8 @@ cycle_start_claimed(struct worker *w, PGresult *res)
 			step_finish(s, OUT_FAILED, NULL, s->input_error);
 			continue;
 		}
-		tool_start(w, s);
+		if (gate_apply(s, PQgetvalue(res, i, 13)) == 0)
+			tool_start(w, s);
 	}
 	return n;
 }
@@ -232,23 +271,64 @@ flush_report(struct worker *w, PGresult *res)
 	}
 }
 
+/* True if the step's key was given by a client (not eav:<task>:<n>). */
+static int
+key_given(const struct step *s)
+{
+	char	derived[64];
+
+	snprintf(derived, sizeof(derived), "eav:%lld:%lld", s->task_id,
+	    s->id - s->task_id * 128);
+	return strcmp(s->idem_key, derived) != 0;
+}
+
+/*
+ * One step of a completion batch.  Besides the outcome: "rec" asks SQL to
+ * record a client-given key's final outcome; "tool" and "tool_error" say
+ * what a call of a non-builtin tool tells about the tool's health;
+ * "retry_after_ms" and "rate_limited" go with a deferral.
+ */
+static json_t *
+batch_elem(const struct step *s)
+{
+	json_t	*o;
+	int	 final = s->outcome == OUT_SUCCEEDED || s->outcome == OUT_FAILED;
+
+	o = json_pack("{s:I, s:I, s:s, s:O?, s:s?, s:s?}", "id",
+	    (json_int_t)s->id, "epoch", (json_int_t)s->epoch,
+	    "outcome", outcome_name(s->outcome), "result", s->result,
+	    "error", s->error, "detected_by", s->detected_by);
+	if (o == NULL)
+		fatalx("cannot build completion batch");
+	if (final && !s->gated && key_given(s))
+		json_object_set_new(o, "rec", json_true());
+	if (!s->gated && strcmp(s->kind, "builtin") != 0 &&
+	    s->outcome != OUT_RELEASE) {
+		json_object_set_new(o, "tool", json_string(s->tool));
+		json_object_set_new(o, "tool_error", json_boolean(
+		    s->tool_error || s->outcome == OUT_UNKNOWN));
+	}
+	if (s->outcome == OUT_DEFERRED && s->retry_after_ms >= 0)
+		json_object_set_new(o, "retry_after_ms",
+		    json_integer(s->retry_after_ms));
+	if (s->rate_limited)
+		json_object_set_new(o, "rate_limited", json_true());
+	return o;
+}
+
 /* The done list (ledger steps excepted) as a completion batch; the
  * caller frees the text. */
 static char *
 batch_json(struct worker *w)
 {
 	struct step	*s;
-	json_t		*batch = json_array(), *o;
+	json_t		*batch = json_array();
 	char		*text;
 
 	TAILQ_FOREACH(s, &w->done, entry) {
 		if (s->outcome == OUT_LEDGER)
 			continue;
-		o = json_pack("{s:I, s:I, s:s, s:O?, s:s?, s:s?}", "id",
-		    (json_int_t)s->id, "epoch", (json_int_t)s->epoch,
-		    "outcome", outcome_name(s->outcome), "result", s->result,
-		    "error", s->error, "detected_by", s->detected_by);
-		if (o == NULL || json_array_append_new(batch, o) == -1)
+		if (json_array_append_new(batch, batch_elem(s)) == -1)
 			fatalx("cannot build completion batch");
 	}
 	if ((text = json_dumps(batch, JSON_COMPACT)) == NULL)

@@ -427,6 +427,7 @@ exec_outcome(struct exec_call *c, json_t **result, char *err, size_t len)
 	}
 	if (c->failure_len == sizeof(c->failure)) {
 		s->ran = 0;
+		s->tool_error = 1;
 		snprintf(err, len, "cannot run %s: %s: %s", c->program,
 		    spawn_stage_name(c->failure.stage),
 		    strerror(c->failure.error));
@@ -467,6 +468,7 @@ exec_exit_code(struct exec_call *c, json_t **result, char *err, size_t len)
 	    code == EXEC_EX_TEMPFAIL ? " (temporary failure)" : "",
 	    *tail != '\0' ? "; stderr: " : "", tail);
 	free(tail);
+	c->s->tool_error = code == EXEC_EX_TEMPFAIL;
 	return code == EXEC_EX_TEMPFAIL ? OUT_RETRY : OUT_FAILED;
 }
 

@@ -23,7 +23,10 @@ enum step_outcome {
 	OUT_RETRY,	/* retryable failure */
 	OUT_RELEASE,	/* never had an effect: give it back */
 	OUT_LEDGER,	/* in-database tool: effect and completion at flush */
-	OUT_UNKNOWN	/* the call may or may not have taken effect */
+	OUT_UNKNOWN,	/* the call may or may not have taken effect */
+	OUT_DEFERRED,	/* not called, or rate limited: later, attempt kept */
+	OUT_REPLAY,	/* gate: the key's recorded outcome applies */
+	OUT_COLLISION	/* gate: the key belongs to another input */
 };
 
 struct worker;
@@ -50,7 +53,10 @@ struct step {
 	json_t			*result;
 	char			*error;
 	int			 ran;		/* the tool was called */
-	int			 tool_error;
+	int			 gated;		/* claim said: do not call */
+	int			 tool_error;	/* counts against its health */
+	int			 rate_limited;	/* OUT_DEFERRED by the tool */
+	long long		 retry_after_ms; /* OUT_DEFERRED; -1: none */
 };
 
 TAILQ_HEAD(step_list, step);

@@ -80,6 +80,7 @@ SOAK_SRCS =	tests/chaos/main.c \
 		tests/chaos/util.c
 TEST_SRCS ?=	tests/check_main.c \
 		tests/harness.c \
+		tests/tooltest.c \
 		tests/check_config.c \
 		tests/check_schema.c \
 		tests/check_transitions.c \

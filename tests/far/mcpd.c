@@ -18,7 +18,7 @@
  *                "until_attempt" on, ok instead.
  *   tool_error   a result with isError true and "message" as its text.
  *   crash        exits with code 3 (or kills itself with "signal")
- *                without answering.
+ *                without answering; from attempt "until_attempt" on, ok.
  *   crash_before exits with code 3 before recording anything.
  *   hang         never answers.
  *   garbage      writes a line that is not JSON.
@@ -265,7 +265,8 @@ act(struct pending *p)
 	const char	*mode = str(p->args, "mode", "ok");
 
 	p->recorded = record(p->meta);
-	if (strcmp(mode, "crash") == 0) {
+	if (strcmp(mode, "crash") == 0 && num(p->meta, "eav/attempt", 0) <
+	    num(p->args, "until_attempt", 1000000)) {
 		if (num(p->args, "signal", 0) > 0)
 			kill(getpid(), (int)num(p->args, "signal", 0));
 		_exit(3);

@@ -62,6 +62,7 @@ WORKER_SRCS =	worker/main.c \
 		worker/tools.c \
 		worker/toolproc.c \
 		worker/tool_exec.c \
+		worker/tool_http.c \
 		worker/tool_mcp.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
@@ -91,6 +92,7 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_ctl.c \
 		tests/check_inject.c \
 		tests/check_exec.c \
+		tests/check_http.c \
 		tests/check_mcp.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
@@ -104,8 +106,10 @@ TESTBIN	= $(BUILD)/bin/check_eav
 # Far sides the tests call, built without sanitizers: they are not under
 # test, and an address-space limit must not stop them from starting.
 FAR_BINS = $(BUILD)/bin/recorder \
+	   $(BUILD)/bin/httpd \
 	   $(BUILD)/bin/mcpd
 FAR_PKGS = libpq jansson
+HTTPD_PKGS = libevent jansson
 
 .PHONY: all run stop check check-build check-fm valgrind install uninstall \
 	clean deps lint bench
@@ -157,11 +161,17 @@ $(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
-$(FAR_BINS): $(BUILD)/bin/%: tests/far/%.c
+$(BUILD)/bin/recorder $(BUILD)/bin/mcpd: $(BUILD)/bin/%: tests/far/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
 	    $(shell pkg-config --cflags $(FAR_PKGS) 2>/dev/null) -o $@ $< \
 	    $(shell pkg-config --libs $(FAR_PKGS) 2>/dev/null)
+
+$(BUILD)/bin/httpd: tests/far/httpd.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
+	    $(shell pkg-config --cflags $(HTTPD_PKGS) 2>/dev/null) -o $@ $< \
+	    $(shell pkg-config --libs $(HTTPD_PKGS) 2>/dev/null)
 
 deps:
 	@scripts/deps.sh

@@ -226,7 +226,7 @@ th_err(PGconn *c, const char *sql, int n, ...)
 	return buf;
 }
 
-static long long
+long long
 th_now_ms(void)
 {
 	struct timespec	ts;
@@ -422,4 +422,37 @@ void
 th_pg_restart_fast(void)
 {
 	th_pg_ctl("restart");
+}
+
+/* Pauses for ms milliseconds: pacing, never a wait for a condition. */
+void
+th_pause_ms(long ms)
+{
+	struct timespec	ts = { ms / 1000, (ms % 1000) * 1000000 };
+
+	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}
+
+/* Starts eavd and waits until its nworkers workers are up. */
+void
+th_eavd_up(struct th_eavd *e, PGconn *c, int nworkers)
+{
+	th_eavd_start(e);
+	ck_assert_msg(th_eavd_wait_up(e, c, nworkers, 30000),
+	    "eavd did not come up (log %s)", e->log);
+}
+
+/* SIGTERM, exit 0, and no sanitizer report in any process's log. */
+void
+th_eavd_stop_ok(struct th_eavd *e)
+{
+	int	status = th_eavd_stop(e, SIGTERM, 30000);
+
+	ck_assert_msg(status != -1 && WIFEXITED(status) &&
+	    WEXITSTATUS(status) == 0, "eavd did not stop cleanly (log %s)",
+	    e->log);
+	ck_assert_msg(!th_log_contains(e, "Sanitizer") &&
+	    !th_log_contains(e, "runtime error"), "a sanitizer reported an "
+	    "error (log %s)", e->log);
 }

@@ -66,6 +66,14 @@ int		 th_file_contains(const char *, const char *);
  * output goes to out (or the test's stdout when NULL). */
 int		 th_run(char *const [], const char *);
 
+/* Monotonic milliseconds; a pause for pacing (never to wait for a
+ * condition: th_wait); eavd up with its workers; eavd stopped by SIGTERM
+ * with exit 0 and no sanitizer report in its log. */
+long long	 th_now_ms(void);
+void		 th_pause_ms(long);
+void		 th_eavd_up(struct th_eavd *, PGconn *, int);
+void		 th_eavd_stop_ok(struct th_eavd *);
+
 /* Restarts the test cluster with pg_ctl restart -m fast. */
 void		 th_pg_restart_fast(void);
 void		 th_pg_ctl(const char *);
@@ -128,6 +136,7 @@ Suite	*suite_crash(void) __attribute__((weak));
 Suite	*suite_ctl(void) __attribute__((weak));
 Suite	*suite_inject(void) __attribute__((weak));
 Suite	*suite_exec(void) __attribute__((weak));
+Suite	*suite_http(void) __attribute__((weak));
 Suite	*suite_mcp(void) __attribute__((weak));
 
 #endif

@@ -303,7 +303,7 @@ batch_elem(const struct step *s)
 	if (final && !s->gated && key_given(s))
 		json_object_set_new(o, "rec", json_true());
 	if (!s->gated && strcmp(s->kind, "builtin") != 0 &&
-	    s->outcome != OUT_RELEASE) {
+	    s->outcome != OUT_RELEASE && (s->ran || s->tool_error)) {
 		json_object_set_new(o, "tool", json_string(s->tool));
 		json_object_set_new(o, "tool_error", json_boolean(
 		    s->tool_error || s->outcome == OUT_UNKNOWN));

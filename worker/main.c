@@ -159,8 +159,8 @@ worker_stop(struct worker *w, const char *why)
 	if (w->stopping)
 		return;
 	w->stopping = 1;
-	log_info("stopping (%s) running=%d exec=%d mcp=%d", why, w->nrunning,
-	    exec_running(), mcp_running());
+	log_info("stopping (%s) running=%d exec=%d http=%d mcp=%d", why,
+	    w->nrunning, exec_running(), http_running(), mcp_running());
 	TAILQ_FOREACH_SAFE(s, &w->running, entry, next)
 		(void)tool_cancel(s);
 	mcp_shutdown(w);

@@ -101,6 +101,10 @@ tool_start(struct worker *w, struct step *s)
 		exec_start(w, s);
 		return;
 	}
+	if (strcmp(s->kind, "http") == 0) {
+		http_start(w, s);
+		return;
+	}
 	if (strcmp(s->kind, "mcp") == 0) {
 		mcp_start(w, s);
 		return;

@@ -114,6 +114,10 @@ int	tool_cancel(struct step *);
 void	exec_start(struct worker *, struct step *);
 int	exec_running(void);
 
+/* tool_http.c */
+void	http_start(struct worker *, struct step *);
+int	http_running(void);
+
 /* tool_mcp.c */
 void	mcp_start(struct worker *, struct step *);
 int	mcp_cancel(struct step *);

@@ -1,0 +1,815 @@
+/*
+ * The http tool, for real: eavd's workers call tests/far/httpd (built into
+ * the build directory) on 127.0.0.1, whose answer each step's input
+ * chooses (see the top of tests/far/httpd.c).  One test per outcome
+ * mapping (2xx, 4xx, 5xx, 429 with Retry-After in seconds, as a date and
+ * as garbage, connect refused, connection lost after the request, a hung
+ * answer, unreadable and oversized answers), secrets that reach the far
+ * side and nowhere else, health (degraded, unavailable with an alarm,
+ * fail fast, probe), client idempotency keys (replay, collision), and
+ * SIGKILLs of workers in the middle of calls: at most one effect per key.
+ */
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "harness.h"
+
+#define DEADLINE_MS	30000
+#define KILLS		20
+#define KILL_MS		120000
+
+struct far {
+	pid_t	pid;
+	int	port;
+	char	portfile[256];
+};
+
+static const char register_sql[] =
+    "SELECT eav.tool_register($1, 'http', $2::jsonb, $3::boolean, $4::int)";
+
+/* Starts the far side (flag: NULL or "--every") and reads its port. */
+static void
+far_start(struct far *f, const char *flag)
+{
+	char	*argv[5], buf[32];
+	FILE	*fp;
+	long long deadline = th_now_ms() + DEADLINE_MS;
+
+	snprintf(f->portfile, sizeof(f->portfile), "%s/httpd.%d.port",
+	    th_tmpdir(), (int)getpid());
+	unlink(f->portfile);
+	argv[0] = th_bin("httpd");
+	argv[1] = "-p";
+	argv[2] = f->portfile;
+	argv[3] = (char *)flag;
+	argv[4] = NULL;
+	f->pid = fork();
+	ck_assert_int_ne(f->pid, -1);
+	if (f->pid == 0) {
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	free(argv[0]);
+	f->port = 0;
+	while (f->port == 0) {
+		ck_assert_msg(th_now_ms() < deadline, "httpd did not start");
+		if ((fp = fopen(f->portfile, "r")) != NULL) {
+			if (fgets(buf, sizeof(buf), fp) != NULL)
+				f->port = atoi(buf);
+			fclose(fp);
+		}
+		if (f->port == 0)
+			th_pause_ms(5);
+	}
+}
+
+static void
+far_stop(struct far *f)
+{
+	kill(f->pid, SIGTERM);
+	ck_assert_int_ne(th_waitpid(f->pid, DEADLINE_MS), -1);
+}
+
+/* GET path from the far side; its JSON body (caller decrefs). */
+static json_t *
+far_get(const struct far *f, const char *path)
+{
+	struct sockaddr_in	 sin;
+	char			 req[256], buf[65536], *body;
+	size_t			 len = 0;
+	ssize_t			 n;
+	json_t			*v;
+	int			 s;
+
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons((unsigned short)f->port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_ne(s = socket(AF_INET, SOCK_STREAM, 0), -1);
+	ck_assert_int_eq(connect(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n"
+	    "Connection: close\r\n\r\n", path);
+	ck_assert_int_eq(write(s, req, strlen(req)), (ssize_t)strlen(req));
+	while (len < sizeof(buf) - 1 && (n = read(s, buf + len,
+	    sizeof(buf) - 1 - len)) > 0)
+		len += (size_t)n;
+	close(s);
+	buf[len] = '\0';
+	body = strstr(buf, "\r\n\r\n");
+	ck_assert_ptr_nonnull(body);
+	v = json_loads(body + 4, 0, NULL);
+	ck_assert_msg(v != NULL, "far side answered %s", buf);
+	return v;
+}
+
+/* One number of /_stats. */
+static long long
+far_stat(const struct far *f, const char *name)
+{
+	json_t		*v = far_get(f, "/_stats");
+	long long	 n = json_integer_value(json_object_get(v, name));
+
+	json_decref(v);
+	return n;
+}
+
+/* Registers tool name at the far side's path; extra is more config. */
+static void
+reg(PGconn *c, const struct far *f, const char *name, const char *path,
+    int idempotent, int timeout_ms, const char *extra)
+{
+	char	cfg[1024], t[16];
+
+	snprintf(cfg, sizeof(cfg), "{\"url\": \"http://127.0.0.1:%d/%s\"%s%s}",
+	    f->port, path, extra ? ", " : "", extra ? extra : "");
+	snprintf(t, sizeof(t), "%d", timeout_ms);
+	PQclear(th_exec(c, register_sql, 4, name, cfg,
+	    idempotent ? "true" : "false", t));
+}
+
+static void
+setup(struct th_db *db, struct th_eavd *e, struct far *f, const char *node,
+    int workers, const char *flag)
+{
+	char	text[512];
+
+	th_db_new(db);
+	far_start(f, flag);
+	PQclear(th_exec(db->conn, "UPDATE eav.queues SET retry_base_ms = 10, "
+	    "retry_max_ms = 100 WHERE name = 'default'", 0));
+	snprintf(text, sizeof(text), "[supervisor]\nnode_name = %s\n"
+	    "workers = %d\nrestart_backoff_min = 10ms\n"
+	    "restart_backoff_max = 100ms\nrestart_intensity = 0\n"
+	    "shutdown_grace = 20s\n[worker]\npoll_interval = 100ms\n"
+	    "concurrency = 4\nbatch_size = 4\n", node, workers);
+	th_eavd_conf(e, db, text);
+}
+
+static void
+teardown(struct th_db *db, struct th_eavd *e, struct far *f)
+{
+	th_eavd_stop_ok(e);
+	far_stop(f);
+	th_db_free(db);
+}
+
+/* Enqueues one step; returns its id (static buffer, one of 8). */
+static const char *
+enqueue(PGconn *c, const char *tool, const char *input, int max_attempts)
+{
+	static char	id[8][24];
+	static int	i;
+	char		max[16];
+
+	i = (i + 1) % 8;
+	snprintf(max, sizeof(max), "%d", max_attempts);
+	snprintf(id[i], sizeof(id[i]), "%lld", th_ll(c, "SELECT "
+	    "eav.step_id(eav.enqueue($1, $2::jsonb, p_max_attempts => "
+	    "$3::int), 1)", 3, tool, input, max));
+	return id[i];
+}
+
+/* Enqueues one step with a client idempotency key. */
+static const char *
+enqueue_key(PGconn *c, const char *tool, const char *input, const char *key)
+{
+	static char	id[4][24];
+	static int	i;
+
+	i = (i + 1) % 4;
+	snprintf(id[i], sizeof(id[i]), "%lld", th_ll(c, "SELECT "
+	    "eav.step_id(eav.enqueue($1, $2::jsonb, p_idempotency_key => $3), "
+	    "1)", 3, tool, input, key));
+	return id[i];
+}
+
+static void
+wait_state(PGconn *c, const struct th_eavd *e, const char *step,
+    const char *state)
+{
+	ck_assert_msg(th_wait(c, DEADLINE_MS, "SELECT state = $2 FROM "
+	    "eav.steps WHERE id = $1::bigint", 2, step, state),
+	    "step %s never reached %s (log %s)", step, state, e->log);
+}
+
+/* Asserts the step's error contains want. */
+static void
+assert_error(PGconn *c, const char *step, const char *want)
+{
+	char	*err = th_str(c, "SELECT coalesce(error, '') FROM eav.steps "
+	    "WHERE id = $1::bigint", 1, step);
+
+	ck_assert_msg(strstr(err, want) != NULL, "step %s: error \"%s\" "
+	    "lacks \"%s\"", step, err, want);
+	free(err);
+}
+
+static long long
+step_ll(PGconn *c, const char *step, const char *expr)
+{
+	char	sql[256];
+
+	snprintf(sql, sizeof(sql), "SELECT (%s)::bigint FROM eav.steps WHERE "
+	    "id = $1::bigint", expr);
+	return th_ll(c, sql, 1, step);
+}
+
+/* 2xx: succeeded; the far side saw the key, attempt, method and body. */
+/* FM-060 */
+START_TEST(test_http_succeeded)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*step;
+	char		 url[128];
+
+	setup(&db, &e, &f, "http1", 1, NULL);
+	reg(db.conn, &f, "far", "charge", 1, 5000, NULL);
+	reg(db.conn, &f, "far.get", "o/{id}?x=1", 1, 5000,
+	    "\"method\": \"GET\", \"body\": \"none\"");
+	th_eavd_up(&e, db.conn, 1);
+	step = enqueue(db.conn, "far", "{\"order\": 7}", 3);
+	wait_state(db.conn, &e, step, "succeeded");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint AND (result->>'status')::int = 200 AND "
+	    "result->'body'->>'key' = idempotency_key AND "
+	    "(result->'body'->'body'->>'order')::int = 7 AND "
+	    "result->'body'->>'method' = 'POST' AND "
+	    "result->'body'->>'path' = '/charge' AND attempt = 1", 1, step), 1);
+	step = enqueue(db.conn, "far.get", "{\"id\": \"a b/c\"}", 3);
+	wait_state(db.conn, &e, step, "succeeded");
+	snprintf(url, sizeof(url), "/o/a%%20b%%2Fc?x=1");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint AND result->'body'->>'method' = 'GET' AND "
+	    "result->'body'->>'path' = $2 AND "
+	    "result->'body'->'body' = 'null'", 2, step, url), 1);
+	/* An input the URL needs and lacks: failed without a call. */
+	step = enqueue(db.conn, "far.get", "{}", 3);
+	wait_state(db.conn, &e, step, "failed");
+	assert_error(db.conn, step, "the URL needs input.id");
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 2);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/* 4xx: failed at once; 5xx: retried, then it succeeds. */
+/* FM-061 */
+START_TEST(test_http_status_classes)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*bad, *flaky;
+
+	setup(&db, &e, &f, "http2", 1, NULL);
+	reg(db.conn, &f, "far", "x", 1, 5000, NULL);
+	th_eavd_up(&e, db.conn, 1);
+	bad = enqueue(db.conn, "far", "{\"mode\": \"status\", \"status\": 422,"
+	    " \"body\": \"no such account\"}", 5);
+	flaky = enqueue(db.conn, "far", "{\"mode\": \"status\", \"status\": "
+	    "503, \"until_attempt\": 3}", 5);
+	wait_state(db.conn, &e, bad, "failed");
+	assert_error(db.conn, bad, "HTTP 422: no such account");
+	ck_assert_int_eq(step_ll(db.conn, bad, "attempt"), 1);
+	wait_state(db.conn, &e, flaky, "succeeded");
+	ck_assert_int_eq(step_ll(db.conn, flaky, "attempt"), 3);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE step_id = $1::bigint AND type = 'step.retry_scheduled' AND "
+	    "payload->>'error' LIKE 'HTTP 503%'", 1, flaky), 2);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/*
+ * 429: the step waits for Retry-After (seconds, or an HTTP date) without
+ * spending an attempt, and the tool's reset time moves; an unusable
+ * Retry-After (garbage, negative, huge) waits the default 30 s.
+ */
+/* FM-062 */
+START_TEST(test_http_rate_limited)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*step, *bad;
+	static const char *const garbage[] = { "soon", "-5", "99999999999",
+	    "Tue, 99 Foo 2026 25:61:61 GMT" };
+	char		 input[256];
+	size_t		 i;
+
+	setup(&db, &e, &f, "http3", 1, NULL);
+	reg(db.conn, &f, "far", "x", 1, 5000, NULL);
+	reg(db.conn, &f, "far.b", "y", 1, 5000, NULL);
+	th_eavd_up(&e, db.conn, 1);
+	step = enqueue(db.conn, "far", "{\"mode\": \"status\", \"status\": "
+	    "429, \"retry_after\": \"1\", \"times\": 1}", 1);
+	wait_state(db.conn, &e, step, "succeeded");
+	/* One attempt allowed, and it was enough: the 429 spent none. */
+	ck_assert_int_eq(step_ll(db.conn, step, "attempt"), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE step_id = $1::bigint AND type = 'step.released' AND "
+	    "(payload->>'deferred')::boolean", 1, step), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE type = 'tool.rate_limited' AND payload->>'tool' = 'far'",
+	    0), 1);
+	/* The second call came no sooner than the reset. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " c WHERE c.step_id = $1::bigint AND c.type = 'step.claimed' AND "
+	    "(c.payload->>'epoch')::int = 2 AND c.at >= (SELECT "
+	    "(payload->>'resets_at')::timestamptz - interval '20 ms' FROM "
+	    "eav.audit_events WHERE type = 'tool.rate_limited')", 1, step), 1);
+	for (i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
+		snprintf(input, sizeof(input), "{\"mode\": \"status\", "
+		    "\"status\": 429, \"retry_after\": \"%s\"}", garbage[i]);
+		bad = enqueue(db.conn, "far.b", input, 1);
+		ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT state = "
+		    "'pending' AND claim_epoch = 1 FROM eav.steps WHERE id = "
+		    "$1::bigint", 1, bad), "step %s not deferred", bad);
+		assert_error(db.conn, bad, "unusable Retry-After");
+		ck_assert_int_eq(step_ll(db.conn, bad, "attempt"), 0);
+		ck_assert_int_eq(step_ll(db.conn, bad, "extract(epoch from "
+		    "run_at - now()) BETWEEN 25 AND 31"), 1);
+		PQclear(th_exec(db.conn, "SELECT eav.task_cancel($1::bigint / "
+		    "128)", 1, bad));
+		PQclear(th_exec(db.conn, "UPDATE eav.tools SET "
+		    "rate_limit_resets_at = NULL WHERE name = 'far.b'", 0));
+	}
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/*
+ * Nothing listens: the request never left, so the step is retried (not
+ * unknown) until its attempts run out.  Errors in a row degrade the tool.
+ */
+/* FM-063 */
+START_TEST(test_http_refused_retried)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f, dead;
+	const char	*step;
+
+	setup(&db, &e, &f, "http4", 1, NULL);
+	far_start(&dead, NULL);
+	far_stop(&dead);
+	reg(db.conn, &dead, "gone", "x", 0, 5000, "\"health\": "
+	    "{\"degraded_after\": 2, \"unavailable_after\": 50}");
+	th_eavd_up(&e, db.conn, 1);
+	step = enqueue(db.conn, "gone", "{}", 3);
+	wait_state(db.conn, &e, step, "failed");
+	assert_error(db.conn, step, "cannot connect before the request was "
+	    "sent");
+	ck_assert_int_eq(step_ll(db.conn, step, "attempt"), 3);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'gone' AND health = 'degraded' AND consecutive_errors = 3",
+	    0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE type = 'tool.health_changed' AND payload->>'to' = "
+	    "'degraded'", 0), 1);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/*
+ * The far side acts, then closes without answering: unknown (tool_lost);
+ * the idempotent tool is called again with the same key, and the far
+ * side's effect stays one.
+ */
+/* FM-064 */
+START_TEST(test_http_lost_after_send)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*step;
+
+	setup(&db, &e, &f, "http5", 1, NULL);
+	reg(db.conn, &f, "far", "x", 1, 5000, NULL);
+	th_eavd_up(&e, db.conn, 1);
+	step = enqueue(db.conn, "far", "{\"mode\": \"close\", \"times\": 1}",
+	    3);
+	wait_state(db.conn, &e, step, "succeeded");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
+	    "= 'tool_lost' AND reason LIKE 'connection lost after the request "
+	    "was sent%'", 1, step), 1);
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 2);
+	ck_assert_int_eq(far_stat(&f, "effects"), 1);
+	ck_assert_int_eq(step_ll(db.conn, step, "(result->'body'->>'effects')"
+	    "::int"), 1);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/*
+ * No answer within the tool's timeout, non-idempotent tool: unknown
+ * (tool_timeout), held with an alarm, never called again by itself.
+ */
+/* FM-065 */
+START_TEST(test_http_timeout_held)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*step;
+
+	setup(&db, &e, &f, "http6", 1, "--every");
+	reg(db.conn, &f, "pay", "x", 0, 300, NULL);
+	th_eavd_up(&e, db.conn, 1);
+	step = enqueue(db.conn, "pay", "{\"mode\": \"hang\"}", 3);
+	wait_state(db.conn, &e, step, "held");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
+	    "= 'tool_timeout' AND decision = 'held'", 1, step), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
+	    "type = 'unknown_outcome_held' AND state = 'open'", 0), 1);
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 1);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/*
+ * Answers that cannot be read: a bad status line or broken chunking
+ * after the request left is unknown; an answer over max_output_bytes
+ * fails; an answer without Content-Length ended by close is read whole.
+ * No result is ever kept from them, and the worker goes on.
+ */
+/* FM-066 */
+START_TEST(test_http_bad_answers)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*chunks, *line, *big, *noclen;
+
+	setup(&db, &e, &f, "http7", 1, "--every");
+	reg(db.conn, &f, "far", "x", 0, 5000, "\"max_output_bytes\": 1000");
+	th_eavd_up(&e, db.conn, 1);
+	chunks = enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
+	    "\"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
+	    "zz\\r\\nhello\\r\\n\"}", 3);
+	line = enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
+	    "\"garbage\\r\\n\\r\\n\"}", 3);
+	big = enqueue(db.conn, "far", "{\"mode\": \"big\", \"bytes\": 5000}", 3);
+	noclen = enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
+	    "\"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\n\\r\\n"
+	    "{\\\"fine\\\": true}\"}", 3);
+	wait_state(db.conn, &e, chunks, "held");
+	wait_state(db.conn, &e, line, "held");
+	assert_error(db.conn, line, "after the request was sent");
+	wait_state(db.conn, &e, big, "failed");
+	assert_error(db.conn, big, "larger than the tool's max_output_bytes");
+	wait_state(db.conn, &e, noclen, "succeeded");
+	ck_assert_int_eq(step_ll(db.conn, noclen, "(result->'body'->>'fine')"
+	    "::boolean::int"), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "state <> 'succeeded' AND result IS NOT NULL", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT owner_pid) FROM "
+	    "eav.steps", 0), 1);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/* Configs refused with the field named, nothing stored. */
+/* FM-067 */
+START_TEST(test_http_bad_config)
+{
+	struct th_db	 db;
+	static const struct {
+		const char	*config;
+		const char	*timeout;
+		const char	*want;
+	} bad[] = {
+		{ "{\"url\": \"http://h/\", \"verb\": \"GET\"}", "1000",
+		    "unknown field \"verb\"" },
+		{ "{\"method\": \"GET\"}", "1000", "\"url\" is missing" },
+		{ "{\"url\": \"ftp://h/x\"}", "1000", "must use http or https" },
+		{ "{\"url\": \"h/x\"}", "1000", "must be an absolute URL" },
+		{ "{\"url\": \"http://u:p@h/x\"}", "1000", "without spaces or "
+		    "user info" },
+		{ "{\"url\": \"http://h/\"}", "0", "timeout_ms must be" },
+		{ "{\"url\": \"http://h/\"}", "-5", "timeout_ms must be" },
+		{ "{\"url\": \"http://h/\", \"max_output_bytes\": 2000000}",
+		    "1000", "\"max_output_bytes\" must be an integer" },
+		{ "{\"url\": \"http://h/\", \"method\": \"TRACE\"}", "1000",
+		    "\"method\" must be" },
+		{ "{\"url\": \"http://h/\", \"headers\": {\"Host\": \"x\"}}",
+		    "1000", "\"headers\" entry \"Host\"" },
+		{ "{\"url\": \"http://h/\", \"headers\": {\"X-A\": \"a\\nb\"}}",
+		    "1000", "\"headers\" entry \"X-A\"" },
+		{ "{\"url\": \"http://h/\", \"secret_headers\": "
+		    "{\"Authorization\": \"not a name\"}}", "1000",
+		    "\"secret_headers\" entry" },
+		{ "{\"url\": \"http://h/\", \"health\": {\"degraded_after\": "
+		    "5, \"unavailable_after\": 2}}", "1000",
+		    "must not be less than" },
+		{ "{\"url\": \"http://h/\", \"health\": {\"when_unavailable\": "
+		    "\"panic\"}}", "1000", "\"health.when_unavailable\"" },
+	};
+	size_t		 i;
+	const char	*err;
+
+	th_db_new(&db);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err = th_err(db.conn, "SELECT eav.tool_register('h', 'http', "
+		    "$1::jsonb, true, $2::int)", 2, bad[i].config,
+		    bad[i].timeout);
+		ck_assert_msg(strstr(err, bad[i].want) != NULL && strncmp(err,
+		    "22023", 5) == 0, "config %s: got \"%s\", want \"%s\"",
+		    bad[i].config, err, bad[i].want);
+	}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'h'", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "config::text LIKE '%secret%'", 0), 0);
+	PQclear(th_exec(db.conn, "SELECT eav.tool_register('h', 'http', "
+	    "'{\"url\": \"https://h/\"}', true, 1000)", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'h' AND config->'health'->>'when_unavailable' = 'wait' AND "
+	    "(config->>'max_output_bytes')::int = 65536 AND config->>'method' "
+	    "= 'POST'", 0), 1);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A secret header is read from eavd's environment: the far side gets it,
+ * the database (config, audit, results of other fields) never holds it.
+ */
+/* FM-068 */
+START_TEST(test_http_secret)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*step, *missing;
+
+	setenv("EAV_TEST_API_TOKEN", "Bearer canary-token-1234", 1);
+	setup(&db, &e, &f, "http8", 1, NULL);
+	reg(db.conn, &f, "far", "x", 1, 5000, "\"secret_headers\": "
+	    "{\"Authorization\": \"EAV_TEST_API_TOKEN\"}");
+	reg(db.conn, &f, "far.nosecret", "x", 1, 5000, "\"secret_headers\": "
+	    "{\"Authorization\": \"EAV_TEST_NO_SUCH_SECRET\"}");
+	th_eavd_up(&e, db.conn, 1);
+	step = enqueue(db.conn, "far", "{}", 3);
+	missing = enqueue(db.conn, "far.nosecret", "{}", 3);
+	wait_state(db.conn, &e, step, "succeeded");
+	ck_assert_int_eq(step_ll(db.conn, step, "result->'body'->>'auth' = "
+	    "'Bearer canary-token-1234'"), 1);
+	wait_state(db.conn, &e, missing, "failed");
+	assert_error(db.conn, missing, "secret EAV_TEST_NO_SUCH_SECRET");
+	ck_assert_int_eq(step_ll(db.conn, missing, "attempt"), 1);
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 1);
+	/* Only the far side's echo, in the step's result, holds it. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT (SELECT count(*) FROM "
+	    "eav.audit_events a WHERE a::text LIKE '%canary-token%') + "
+	    "(SELECT count(*) FROM eav.tools t WHERE t::text LIKE "
+	    "'%canary-token%')", 0), 0);
+	teardown(&db, &e, &f);
+	unsetenv("EAV_TEST_API_TOKEN");
+}
+END_TEST
+
+/*
+ * Errors in a row: degraded, then unavailable with an alarm; with
+ * when_unavailable "fail", steps then fail without a call; a reset brings
+ * it back and resolves the alarm.  With "wait", steps are deferred with
+ * their attempt kept until a probe call succeeds.
+ */
+/* FM-069 */
+START_TEST(test_http_health)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*step;
+	int		 i;
+
+	setup(&db, &e, &f, "http9", 1, NULL);
+	reg(db.conn, &f, "ff", "x", 1, 5000, "\"health\": {\"degraded_after\":"
+	    " 2, \"unavailable_after\": 3, \"when_unavailable\": \"fail\"}");
+	reg(db.conn, &f, "fw", "y", 1, 5000, "\"health\": {\"degraded_after\":"
+	    " 1, \"unavailable_after\": 2, \"probe_ms\": 300}");
+	th_eavd_up(&e, db.conn, 1);
+	for (i = 0; i < 3; i++) {
+		step = enqueue(db.conn, "ff", "{\"mode\": \"status\", "
+		    "\"status\": 500}", 1);
+		wait_state(db.conn, &e, step, "failed");
+	}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'ff' AND health = 'unavailable' AND consecutive_errors = 3"
+	    " AND last_error LIKE 'HTTP 500%'", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT string_agg(payload->>'to', ','"
+	    " ORDER BY id) = 'degraded,unavailable' FROM eav.audit_events WHERE"
+	    " type = 'tool.health_changed' AND payload->>'tool' = 'ff'", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
+	    "type = 'tool_unavailable' AND subject = 'tool:ff' AND state = "
+	    "'open'", 0), 1);
+	step = enqueue(db.conn, "ff", "{}", 3);
+	wait_state(db.conn, &e, step, "failed");
+	assert_error(db.conn, step, "not called: tool ff is unavailable");
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 3);
+	PQclear(th_exec(db.conn, "SELECT eav.tool_health_reset('ff')", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
+	    "type = 'tool_unavailable' AND state <> 'resolved'", 0), 0);
+	step = enqueue(db.conn, "ff", "{}", 3);
+	wait_state(db.conn, &e, step, "succeeded");
+
+	/* wait: unavailable after 2 errors; a good step waits for the probe. */
+	for (i = 0; i < 2; i++) {
+		step = enqueue(db.conn, "fw", "{\"mode\": \"status\", "
+		    "\"status\": 502}", 1);
+		wait_state(db.conn, &e, step, "failed");
+	}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'fw' AND health = 'unavailable'", 0), 1);
+	step = enqueue(db.conn, "fw", "{}", 1);
+	wait_state(db.conn, &e, step, "succeeded");
+	ck_assert_int_eq(step_ll(db.conn, step, "attempt"), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'fw' AND health = 'available' AND consecutive_errors = 0",
+	    0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
+	    "subject = 'tool:fw' AND state = 'resolved'", 0), 1);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/*
+ * A client key: its second use with the same input gets the recorded
+ * outcome without a call; with another input it is refused before any
+ * call, audited and alarmed.
+ */
+/* FM-070 */
+START_TEST(test_http_idempotency_key)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*first, *again, *other;
+
+	setup(&db, &e, &f, "http10", 1, "--every");
+	reg(db.conn, &f, "pay", "x", 0, 5000, NULL);
+	th_eavd_up(&e, db.conn, 1);
+	first = enqueue_key(db.conn, "pay", "{\"amount\": 5}", "order-77");
+	wait_state(db.conn, &e, first, "succeeded");
+	again = enqueue_key(db.conn, "pay", "{\"amount\": 5}", "order-77");
+	wait_state(db.conn, &e, again, "succeeded");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps a, "
+	    "eav.steps b WHERE a.id = $1::bigint AND b.id = $2::bigint AND "
+	    "a.result = b.result", 2, first, again), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE step_id = $1::bigint AND type = 'tool_call.deduplicated'",
+	    1, again), 1);
+	other = enqueue_key(db.conn, "pay", "{\"amount\": 500}", "order-77");
+	wait_state(db.conn, &e, other, "failed");
+	assert_error(db.conn, other, "idempotency key collision");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE step_id = $1::bigint AND type = 'idempotency.collision' AND"
+	    " (payload->>'first_step')::bigint = $2::bigint", 2, other, first),
+	    1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
+	    "type = 'idempotency_collision' AND state = 'open'", 0), 1);
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 1);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/* Kills eavd's worker busy with a step of tool; 1 if one was killed. */
+static int
+kill_busy(PGconn *c, const struct th_eavd *e, char *step, size_t len,
+    char *epoch, size_t elen)
+{
+	PGresult	*res;
+	pid_t		 pid;
+	char		 path[64], buf[512], *p;
+	FILE		*fp;
+	int		 ppid = -1;
+
+	res = th_exec(c, "SELECT id, claim_epoch, owner_pid FROM eav.steps "
+	    "WHERE state = 'running' AND claimed_at < now() - "
+	    "(30 + random() * 150) * interval '1 ms' ORDER BY random() "
+	    "LIMIT 1", 0);
+	if (PQntuples(res) == 0) {
+		PQclear(res);
+		return 0;
+	}
+	snprintf(step, len, "%s", PQgetvalue(res, 0, 0));
+	snprintf(epoch, elen, "%s", PQgetvalue(res, 0, 1));
+	pid = atoi(PQgetvalue(res, 0, 2));
+	PQclear(res);
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((fp = fopen(path, "r")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof(buf), fp) != NULL && (p = strrchr(buf, ')')) !=
+	    NULL)
+		(void)sscanf(p + 2, "%*c %d", &ppid);
+	fclose(fp);
+	if (ppid != e->pid)
+		return 0;
+	return kill(pid, SIGKILL) == 0;
+}
+
+/*
+ * SIGKILLs of workers in the middle of calls: each interrupted step is
+ * retried with its key, and the idempotent far side has exactly one
+ * effect per step; deliveries may be more (the ratio is printed).
+ */
+/* FM-071 */
+START_TEST(test_http_kill_mid_call)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	char		 step[24], epoch[24];
+	long long	 start = th_now_ms(), steps, deliveries, effects;
+	int		 kills = 0, interrupted = 0;
+
+	setup(&db, &e, &f, "httpk", 3, NULL);
+	reg(db.conn, &f, "far", "x", 1, 30000, NULL);
+	th_eavd_up(&e, db.conn, 3);
+	while (interrupted < KILLS) {
+		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d of %d "
+		    "kills interrupted a call (log %s)", interrupted, kills,
+		    e.log);
+		if (th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE state "
+		    "IN ('pending', 'running')", 0) < 8)
+			PQclear(th_exec(db.conn, "SELECT eav.enqueue('far', "
+			    "'{\"mode\": \"delay\", \"ms\": 200}') FROM "
+			    "generate_series(1, 8)", 0));
+		if (!kill_busy(db.conn, &e, step, sizeof(step), epoch,
+		    sizeof(epoch))) {
+			th_pause_ms(5);
+			continue;
+		}
+		kills++;
+		ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT NOT (state = "
+		    "'running' AND claim_epoch = $2::bigint) FROM eav.steps WHERE "
+		    "id = $1::bigint", 2, step, epoch), "step %s was not "
+		    "reconciled (log %s)", step, e.log);
+		interrupted += th_ll(db.conn, "SELECT count(*) FROM "
+		    "eav.unknown_outcomes WHERE step_id = $1::bigint AND "
+		    "claim_epoch = $2::bigint", 2, step, epoch) > 0;
+	}
+	ck_assert_msg(th_wait(db.conn, 60000, "SELECT count(*) = 0 FROM "
+	    "eav.steps WHERE state <> 'succeeded'", 0), "steps did not settle "
+	    "(log %s)", e.log);
+	steps = th_ll(db.conn, "SELECT count(*) FROM eav.steps", 0);
+	effects = far_stat(&f, "effects");
+	deliveries = far_stat(&f, "deliveries");
+	ck_assert_int_eq(far_stat(&f, "max_effects_per_key"), 1);
+	ck_assert_int_eq(effects, steps);
+	ck_assert_int_ge(deliveries, effects);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.check_"
+	    "invariants(true) WHERE NOT ok", 0), 0);
+	printf("http kills: %d kills, %d calls interrupted, %lld steps, "
+	    "%lld deliveries, %lld effects, deliveries/effects %.3f\n", kills,
+	    interrupted, steps, deliveries, effects,
+	    (double)deliveries / (double)effects);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+Suite *
+suite_http(void)
+{
+	Suite	*s = suite_create("http");
+	TCase	*calls = tcase_create("calls");
+	TCase	*kills = tcase_create("kills");
+
+	tcase_add_test(calls, test_http_succeeded);
+	tcase_add_test(calls, test_http_status_classes);
+	tcase_add_test(calls, test_http_rate_limited);
+	tcase_add_test(calls, test_http_refused_retried);
+	tcase_add_test(calls, test_http_lost_after_send);
+	tcase_add_test(calls, test_http_timeout_held);
+	tcase_add_test(calls, test_http_bad_answers);
+	tcase_add_test(calls, test_http_bad_config);
+	tcase_add_test(calls, test_http_secret);
+	tcase_add_test(calls, test_http_health);
+	tcase_add_test(calls, test_http_idempotency_key);
+	tcase_set_timeout(calls, 60);
+	suite_add_tcase(s, calls);
+	tcase_add_test(kills, test_http_kill_mid_call);
+	tcase_set_timeout(kills, 200);
+	suite_add_tcase(s, kills);
+	return s;
+}

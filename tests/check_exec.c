@@ -67,7 +67,7 @@ START_TEST(test_exec_succeeded)
 	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
 	th_far_conf(&e, &db, "exec1", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	step = th_enqueue(db.conn, "rec", "{\"mode\": \"echo\", \"n\": 42, "
 	    "\"s\": \"caf\\u00e9 \\u2603\"}", 1);
 	th_wait_state(db.conn, &e, step, "succeeded");
@@ -86,7 +86,7 @@ START_TEST(test_exec_succeeded)
 	    "JOIN far_effects f ON f.key = s.idempotency_key AND f.step = s.id "
 	    "WHERE s.id = $1::bigint AND s.result->>'effect' = 'true' AND "
 	    "s.result->>'key' = s.idempotency_key", 1, step), 1);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -129,7 +129,7 @@ START_TEST(test_exec_not_json)
 	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
 	th_far_conf(&e, &db, "exec2", 1, 8);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	for (i = 0; i < n; i++)
 		snprintf(steps[i], sizeof(steps[i]), "%s",
 		    th_enqueue(db.conn, "rec", not_json[i], 1));
@@ -145,7 +145,7 @@ START_TEST(test_exec_not_json)
 	    "to decode byte 0xff");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -166,7 +166,7 @@ START_TEST(test_exec_output_cap)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT max_output_bytes FROM "
 	    "eav.tools WHERE name = 'rec.small'", 0), 100);
 	th_far_conf(&e, &db, "exec3", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(at, sizeof(at), "%s", th_enqueue(db.conn, "rec.small",
 	    "{\"mode\": \"big\", \"bytes\": 100}", 1));
 	snprintf(over, sizeof(over), "%s", th_enqueue(db.conn, "rec.small",
@@ -181,7 +181,7 @@ START_TEST(test_exec_output_cap)
 	th_assert_failed(db.conn, huge, "output larger than 100 bytes");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -201,7 +201,7 @@ START_TEST(test_exec_tempfail_retried)
 	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
 	th_far_conf(&e, &db, "exec4", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(flaky, sizeof(flaky), "%s", th_enqueue(db.conn, "rec",
 	    "{\"mode\": \"exit\", \"code\": 75, \"succeed_from\": 2}", 3));
 	snprintf(down, sizeof(down), "%s", th_enqueue(db.conn, "rec",
@@ -220,7 +220,7 @@ START_TEST(test_exec_tempfail_retried)
 	    3);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes", 0), 0);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -239,7 +239,7 @@ START_TEST(test_exec_exit_failed)
 	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
 	th_far_conf(&e, &db, "exec5", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	step = th_enqueue(db.conn, "rec", "{\"mode\": \"exit\", \"code\": 3, "
 	    "\"stderr\": \"boom \\u00e9\", \"stderr_hex\": \"ff0a00\"}", 5);
 	th_wait_state(db.conn, &e, step, "failed");
@@ -249,7 +249,7 @@ START_TEST(test_exec_exit_failed)
 	    "WHERE step_id = $1::bigint AND type = 'step.claimed'", 1, step),
 	    1);
 	ck_assert(th_log_contains(&e, "stderr: boom"));
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -274,7 +274,7 @@ START_TEST(test_exec_cannot_start)
 	    "jsonb_build_object('argv', jsonb_build_array('/' || "
 	    "repeat('\u00e9', 2000))), true)", 0));
 	th_far_conf(&e, &db, "exec6", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(step, sizeof(step), "%s", th_enqueue(db.conn, "missing", "{}",
 	    5));
 	th_wait_state(db.conn, &e, step, "failed");
@@ -285,7 +285,7 @@ START_TEST(test_exec_cannot_start)
 	th_assert_failed(db.conn, step, "cannot run /\u00e9\u00e9");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -306,7 +306,7 @@ START_TEST(test_exec_timeout_retried)
 	th_far_db(&db);
 	reg(db.conn, "rec.slow", 0, 1, 400, NULL);
 	th_far_conf(&e, &db, "exec7", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	step = th_enqueue(db.conn, "rec.slow", "{\"after_ms\": 60000}", 2);
 	th_wait_state(db.conn, &e, step, "held");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
@@ -332,7 +332,7 @@ START_TEST(test_exec_timeout_retried)
 	    "$1::bigint AND s.held_reason = 'attempts_exhausted' AND "
 	    "a.state = 'open'", 1, step), 1);
 	th_assert_sound(db.conn);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -354,7 +354,7 @@ START_TEST(test_exec_timeout_held)
 	th_marker(&db, mark, sizeof(mark));
 	reg(db.conn, "rec.once", 0, 0, 500, NULL);
 	th_far_conf(&e, &db, "exec8", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(path, sizeof(path), "%s/%s.pid", th_tmpdir(), db.name);
 	snprintf(input, sizeof(input), "{\"mode\": \"grandchild\", \"ms\": "
 	    "60000, \"pidfile\": \"%s\"}", path);
@@ -377,7 +377,7 @@ START_TEST(test_exec_timeout_held)
 	    "WHERE step_id = $1::bigint AND type = 'step.claimed'", 1, step),
 	    1);
 	th_assert_sound(db.conn);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -393,7 +393,7 @@ START_TEST(test_exec_signal_unknown)
 	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
 	th_far_conf(&e, &db, "exec9", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	step = th_enqueue(db.conn, "rec", "{\"mode\": \"signal\", \"signal\": 9}",
 	    2);
 	th_wait_state(db.conn, &e, step, "held");
@@ -410,7 +410,7 @@ START_TEST(test_exec_signal_unknown)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
 	th_assert_sound(db.conn);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -486,7 +486,7 @@ START_TEST(test_exec_isolation)
 	    "config, '{env}', '[\"RECORDER_DSN\", \"EAV_DSN\", \"PGPASSWORD\", "
 	    "\"EAV_TEST_CANARY\"]') WHERE name = 'rec.iso'", 0));
 	th_far_conf(&e, &db, "exec10", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(path, sizeof(path), "%s/%s.pid", th_tmpdir(), db.name);
 	snprintf(input, sizeof(input), "{\"mode\": \"hold\", \"ms\": 3000, "
 	    "\"pidfile\": \"%s\"}", path);
@@ -503,7 +503,7 @@ START_TEST(test_exec_isolation)
 	th_wait_state(db.conn, &e, step, "succeeded");
 	ck_assert(th_log_contains(&e, "not passing EAV_DSN"));
 	ck_assert(th_log_contains(&e, "not passing PGPASSWORD"));
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -512,10 +512,10 @@ END_TEST
 static int
 wait_live(const char *mark, const char *step, int timeout_ms)
 {
-	long long	deadline = th_clock_ms() + timeout_ms;
+	long long	deadline = th_now_ms() + timeout_ms;
 
 	while (th_count_live(mark, step, "1") == 0) {
-		if (th_clock_ms() > deadline)
+		if (th_now_ms() > deadline)
 			return 0;
 		th_pause_ms(5);
 	}
@@ -566,7 +566,7 @@ START_TEST(test_exec_kill_idempotent)
 	struct th_eavd	 e;
 	struct th_call	 k;
 	char		 mark[128], age[16];
-	long long	 start = th_clock_ms(), steps, deliveries, effects;
+	long long	 start = th_now_ms(), steps, deliveries, effects;
 	int		 kills = 0, interrupted = 0, survivors = 0;
 
 	th_far_db(&db);
@@ -574,9 +574,9 @@ START_TEST(test_exec_kill_idempotent)
 	srandom((unsigned)getpid());
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
 	th_far_conf(&e, &db, "execk1", 4, 1);
-	th_far_up(&e, &db, 4);
+	th_eavd_up(&e, db.conn, 4);
 	while (interrupted < KILLS) {
-		ck_assert_msg(th_clock_ms() - start < KILL_MS, "only %d of %d kills "
+		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d of %d kills "
 		    "interrupted a call (log %s)", interrupted, kills, e.log);
 		if (th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 		    "state IN ('pending', 'running')", 0) < 8)
@@ -593,7 +593,7 @@ START_TEST(test_exec_kill_idempotent)
 	}
 	ck_assert_int_eq(survivors, 0);
 	th_wait_settled(db.conn, &e, "rec", (int)(start + KILL_TOTAL_MS -
-	    th_clock_ms()));
+	    th_now_ms()));
 	steps = th_ll(db.conn, "SELECT count(*) FROM eav.steps", 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps "
 	    "WHERE state <> 'succeeded'", 0), 0);
@@ -613,7 +613,7 @@ START_TEST(test_exec_kill_idempotent)
 	    "%lld deliveries, %lld effects, deliveries/effects %.3f\n", kills,
 	    interrupted, steps, deliveries, effects,
 	    (double)deliveries / (double)effects);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -631,7 +631,7 @@ START_TEST(test_exec_kill_non_idempotent)
 	struct th_eavd	 e;
 	struct th_call	 k;
 	char		 mark[128], age[16];
-	long long	 start = th_clock_ms();
+	long long	 start = th_now_ms();
 	int		 interrupted = 0, survivors = 0;
 
 	th_far_db(&db);
@@ -639,9 +639,9 @@ START_TEST(test_exec_kill_non_idempotent)
 	srandom((unsigned)getpid());
 	reg(db.conn, "rec.every", 1, 0, 30000, NULL);
 	th_far_conf(&e, &db, "execk2", 3, 1);
-	th_far_up(&e, &db, 3);
+	th_eavd_up(&e, db.conn, 3);
 	while (interrupted < HELD_KILLS) {
-		ck_assert_msg(th_clock_ms() - start < KILL_MS, "only %d calls "
+		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d calls "
 		    "interrupted (log %s)", interrupted, e.log);
 		if (th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 		    "state IN ('pending', 'running')", 0) < 3)
@@ -678,7 +678,7 @@ START_TEST(test_exec_kill_non_idempotent)
 	    "SELECT count(*) FROM eav.steps WHERE state = 'held'", 0),
 	    th_ll(db.conn, "SELECT count(*) FROM far_deliveries d JOIN "
 	    "eav.steps s ON s.id = d.step WHERE s.state = 'held'", 0));
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -703,7 +703,7 @@ START_TEST(test_exec_kill_no_grandchild)
 	th_marker(&db, mark, sizeof(mark));
 	reg(db.conn, "rec.once", 0, 0, 60000, NULL);
 	th_far_conf(&e, &db, "execk3", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(path, sizeof(path), "%s/%s.pid", th_tmpdir(), db.name);
 	snprintf(input, sizeof(input), "{\"mode\": \"grandchild\", \"ms\": "
 	    "60000, \"pidfile\": \"%s\"}", path);
@@ -721,7 +721,7 @@ START_TEST(test_exec_kill_no_grandchild)
 	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 0);
 	ck_assert(th_log_contains(&e, "of its exec tool"));
 	th_wait_state(db.conn, &e, step, "held");
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -744,7 +744,7 @@ START_TEST(test_exec_shutdown_waits)
 	th_marker(&db, mark, sizeof(mark));
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
 	th_far_conf(&e, &db, "exec11", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	step = th_enqueue(db.conn, "rec", "{\"mode\": \"sleep\", \"ms\": 1500}",
 	    1);
 	th_wait_state(db.conn, &e, step, "running");

@@ -82,7 +82,7 @@ START_TEST(test_mcp_succeeded)
 	th_far_db(&db);
 	reg(db.conn, "far", NULL, 1, 30000, NULL);
 	th_far_conf(&e, &db, "mcp1", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(slow, sizeof(slow), "%s", th_enqueue(db.conn, "far",
 	    "{\"ms\": 900, \"s\": \"caf\\u00e9\"}", 1));
 	snprintf(mid, sizeof(mid), "%s", th_enqueue(db.conn, "far",
@@ -104,7 +104,7 @@ START_TEST(test_mcp_succeeded)
 	    "eav.steps b WHERE a.id = $1::bigint AND b.id = $2::bigint AND "
 	    "a.finished_at < b.finished_at", 2, fast, slow), 1);
 	ck_assert(th_log_contains(&e, "stderr: mcpd: pid"));
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	ck_assert(th_log_contains(&e, "closing its MCP server"));
 	th_db_free(&db);
 }
@@ -126,7 +126,7 @@ START_TEST(test_mcp_errors)
 	th_far_db(&db);
 	reg(db.conn, "far", NULL, 1, 30000, NULL);
 	th_far_conf(&e, &db, "mcp2", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(iserr, sizeof(iserr), "%s", th_enqueue(db.conn, "far",
 	    "{\"mode\": \"tool_error\", \"message\": \"no such customer\"}",
 	    3));
@@ -155,7 +155,7 @@ START_TEST(test_mcp_errors)
 	    down), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes", 0), 0);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -177,7 +177,7 @@ START_TEST(test_mcp_crash)
 	reg(db.conn, "far", NULL, 1, 30000, NULL);
 	reg(db.conn, "far.once", NULL, 0, 30000, NULL);
 	th_far_conf(&e, &db, "mcp3", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(again, sizeof(again), "%s", th_enqueue(db.conn, "far",
 	    "{\"mode\": \"crash\", \"until_attempt\": 2}", 3));
 	th_wait_state(db.conn, &e, again, "succeeded");
@@ -206,7 +206,7 @@ START_TEST(test_mcp_crash)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
 	th_assert_sound(db.conn);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -241,7 +241,7 @@ START_TEST(test_mcp_protocol_broken)
 	th_far_db(&db);
 	reg(db.conn, "far.once", NULL, 0, 30000, NULL);
 	th_far_conf(&e, &db, "mcp4", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(step, sizeof(step), "%s", th_enqueue(db.conn, "far.once",
 	    breaches[_i].input, 3));
 	th_wait_state(db.conn, &e, step, "held");
@@ -260,7 +260,7 @@ START_TEST(test_mcp_protocol_broken)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
 	ck_assert(th_log_contains(&e, "killing its process group"));
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -280,7 +280,7 @@ START_TEST(test_mcp_timeout)
 	th_far_db(&db);
 	reg(db.conn, "far.slow", NULL, 1, 500, NULL);
 	th_far_conf(&e, &db, "mcp5", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	step = th_enqueue(db.conn, "far.slow", "{\"mode\": \"hang\"}", 2);
 	th_wait_state(db.conn, &e, step, "held");
 	ck_assert_int_eq(unknowns(db.conn, step, "tool_timeout", "timed out "
@@ -294,7 +294,7 @@ START_TEST(test_mcp_timeout)
 	    "id = $1::bigint AND held_reason = 'attempts_exhausted'", 1, step),
 	    1);
 	th_assert_sound(db.conn);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -335,7 +335,7 @@ START_TEST(test_mcp_no_start)
 	reg(db.conn, "far", no_start[_i].flags, 1, 30000,
 	    no_start[_i].config);
 	th_far_conf(&e, &db, "mcp6", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	step = th_enqueue(db.conn, "far", "{}", 2);
 	th_wait_state(db.conn, &e, step, "failed");
 	th_assert_failed(db.conn, step, no_start[_i].error);
@@ -348,7 +348,7 @@ START_TEST(test_mcp_no_start)
 	    strstr(no_start[_i].error, "no tool") != NULL ? 1 : 2);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -369,7 +369,7 @@ START_TEST(test_mcp_output_cap)
 	reg(db.conn, "far.small", NULL, 0, 30000, "{\"max_output_bytes\": "
 	    "1000}");
 	th_far_conf(&e, &db, "mcp7", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(at, sizeof(at), "%s", th_enqueue(db.conn, "far.small",
 	    "{\"mode\": \"big\", \"bytes\": 900}", 1));
 	th_wait_state(db.conn, &e, at, "succeeded");
@@ -384,7 +384,7 @@ START_TEST(test_mcp_output_cap)
 	    "sent a message larger than 66536 bytes"), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT length(result->'content'->0->>"
 	    "'text') FROM eav.steps WHERE id = $1::bigint", 1, at), 900);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -427,7 +427,7 @@ START_TEST(test_mcp_isolation)
 	    "config, '{env}', '[\"RECORDER_DSN\", \"EAV_DSN\", \"PGPASSWORD\", "
 	    "\"EAV_TEST_CANARY\"]') WHERE name = 'far.iso'", 0));
 	th_far_conf(&e, &db, "mcp8", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	step = th_enqueue(db.conn, "far.iso", "{}", 1);
 	th_wait_state(db.conn, &e, step, "succeeded");
 	pid = (pid_t)server_pid(db.conn, step);
@@ -438,7 +438,7 @@ START_TEST(test_mcp_isolation)
 	ck_assert_int_ne(pg, getpgrp());
 	ck_assert(th_log_contains(&e, "not passing EAV_DSN"));
 	ck_assert(th_log_contains(&e, "not passing PGPASSWORD"));
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	ck_assert(th_wait_gone(pid, "--marker=", 5000));
 	th_db_free(&db);
 }
@@ -534,7 +534,7 @@ START_TEST(test_mcp_kill_idempotent)
 	struct th_eavd	 e;
 	struct th_call	 k;
 	char		 mark[128], age[16];
-	long long	 start = th_clock_ms(), steps, deliveries, effects;
+	long long	 start = th_now_ms(), steps, deliveries, effects;
 	int		 kills = 0, interrupted = 0, survivors = 0;
 
 	th_far_db(&db);
@@ -542,9 +542,9 @@ START_TEST(test_mcp_kill_idempotent)
 	srandom((unsigned)getpid());
 	reg(db.conn, "far", NULL, 1, 30000, NULL);
 	th_far_conf(&e, &db, "mcpk1", 3, 2);
-	th_far_up(&e, &db, 3);
+	th_eavd_up(&e, db.conn, 3);
 	while (interrupted < KILLS) {
-		ck_assert_msg(th_clock_ms() - start < KILL_MS, "only %d of %d "
+		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d of %d "
 		    "kills interrupted a call (log %s)", interrupted, kills,
 		    e.log);
 		if (th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
@@ -561,7 +561,7 @@ START_TEST(test_mcp_kill_idempotent)
 	}
 	ck_assert_int_eq(survivors, 0);
 	th_wait_settled(db.conn, &e, "far", (int)(start + KILL_TOTAL_MS -
-	    th_clock_ms()));
+	    th_now_ms()));
 	steps = th_ll(db.conn, "SELECT count(*) FROM eav.steps", 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps "
 	    "WHERE state <> 'succeeded'", 0), 0);
@@ -577,7 +577,7 @@ START_TEST(test_mcp_kill_idempotent)
 	    "%lld deliveries, %lld effects, deliveries/effects %.3f\n", kills,
 	    interrupted, steps, deliveries, effects,
 	    (double)deliveries / (double)effects);
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -601,7 +601,7 @@ START_TEST(test_mcp_kill_no_grandchild)
 	th_marker(&db, mark, sizeof(mark));
 	reg(db.conn, "far.once", NULL, 0, 60000, NULL);
 	th_far_conf(&e, &db, "mcpk2", 1, 4);
-	th_far_up(&e, &db, 1);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(path, sizeof(path), "%s/%s.pid", th_tmpdir(), db.name);
 	snprintf(input, sizeof(input), "{\"mode\": \"grandchild\", \"ms\": "
 	    "60000, \"pidfile\": \"%s\"}", path);
@@ -618,7 +618,7 @@ START_TEST(test_mcp_kill_no_grandchild)
 	    (int)child);
 	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 0);
 	th_wait_state(db.conn, &e, step, "held");
-	th_stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST

@@ -94,13 +94,9 @@ struct th_call {
 	pid_t	owner;
 };
 
-long long	 th_clock_ms(void);
-void		 th_pause_ms(long);
 void		 th_far_db(struct th_db *);
 void		 th_far_conf(struct th_eavd *, const struct th_db *,
 		    const char *, int, int);
-void		 th_far_up(struct th_eavd *, struct th_db *, int);
-void		 th_stop_ok(struct th_eavd *);
 const char	*th_enqueue(PGconn *, const char *, const char *, int);
 void		 th_wait_state(PGconn *, const struct th_eavd *, const char *,
 		    const char *);

@@ -31,25 +31,6 @@ static const char far_effects_sql[] =
     "CREATE TABLE far_effects (key text PRIMARY KEY, step bigint NOT NULL,"
     " attempt int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())";
 
-long long
-th_clock_ms(void)
-{
-	struct timespec	ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Pauses for ms milliseconds: pacing, never a wait for a condition. */
-void
-th_pause_ms(long ms)
-{
-	struct timespec	ts = { ms / 1000, (ms % 1000) * 1000000 };
-
-	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-		;
-}
-
 /*
  * A database with the recorder's tables, and the environment eavd (and
  * so the worker) will have: the recorder's DSN, and secrets that must
@@ -83,28 +64,6 @@ th_far_conf(struct th_eavd *e, const struct th_db *db, const char *node,
 	    "concurrency = %d\nbatch_size = %d\n", node, workers,
 	    concurrency, concurrency);
 	th_eavd_conf(e, db, text);
-}
-
-void
-th_far_up(struct th_eavd *e, struct th_db *db, int nworkers)
-{
-	th_eavd_start(e);
-	ck_assert_msg(th_eavd_wait_up(e, db->conn, nworkers, TH_TOOL_DEADLINE_MS),
-	    "eavd did not come up (log %s)", e->log);
-}
-
-/* SIGTERM, exit 0, and no sanitizer report in any process's log. */
-void
-th_stop_ok(struct th_eavd *e)
-{
-	int	status = th_eavd_stop(e, SIGTERM, TH_TOOL_DEADLINE_MS);
-
-	ck_assert_msg(status != -1 && WIFEXITED(status) &&
-	    WEXITSTATUS(status) == 0, "eavd did not stop cleanly (log %s)",
-	    e->log);
-	ck_assert_msg(!th_log_contains(e, "Sanitizer") &&
-	    !th_log_contains(e, "runtime error"), "a sanitizer reported an "
-	    "error (log %s)", e->log);
 }
 
 /* Enqueues one step of tool; returns its id (static buffer, one of 4). */
@@ -174,13 +133,13 @@ th_read_file(const char *path, char *buf, size_t len)
 int
 th_read_pidfile(const char *path, pid_t *pid, pid_t *child)
 {
-	long long	deadline = th_clock_ms() + TH_TOOL_DEADLINE_MS;
+	long long	deadline = th_now_ms() + TH_TOOL_DEADLINE_MS;
 	char		buf[64];
 	int		a, b = 0;
 
 	while (th_read_file(path, buf, sizeof(buf)) <= 0 ||
 	    sscanf(buf, "%d %d", &a, &b) < 1) {
-		if (th_clock_ms() > deadline)
+		if (th_now_ms() > deadline)
 			return -1;
 		th_pause_ms(5);
 	}
@@ -260,10 +219,10 @@ th_gone(pid_t pid, const char *marker)
 int
 th_wait_gone(pid_t pid, const char *marker, int timeout_ms)
 {
-	long long	deadline = th_clock_ms() + timeout_ms;
+	long long	deadline = th_now_ms() + timeout_ms;
 
 	while (!th_gone(pid, marker)) {
-		if (th_clock_ms() > deadline)
+		if (th_now_ms() > deadline)
 			return 0;
 		th_pause_ms(2);
 	}

@@ -146,7 +146,7 @@ BEGIN
     END IF;
     SELECT k INTO v_bad FROM jsonb_each(p_obj) AS e(k, v)
     WHERE k !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]{1,64}$' OR jsonb_typeof(v) <> 'string'
-       OR v->>0 !~ p_values
+       OR v->>0 !~ p_values OR octet_length(v->>0) > 1024
        OR lower(k) IN ('host', 'content-length', 'transfer-encoding', 'connection',
                        'idempotency-key')
     ORDER BY k LIMIT 1;
@@ -205,7 +205,7 @@ BEGIN
     END IF;
     RETURN jsonb_build_object('url', v_url, 'method', v_method, 'body', v_body,
         'headers', eav.http_config_headers(p_config->'headers', 'headers',
-            '^[^\x01-\x1f\x7f]{0,1024}$'),
+            '^[^\x01-\x1f\x7f]*$'),
         'secret_headers', eav.http_config_headers(p_config->'secret_headers',
             'secret_headers', '^[A-Za-z_][A-Za-z0-9_]{0,127}$'),
         'max_output_bytes', coalesce(eav.exec_config_int(p_config,
@@ -497,7 +497,7 @@ BEGIN
         CASE WHEN t.rate_limit_resets_at > now() THEN t.rate_limit_resets_at END,
         CASE WHEN t.health = 'unavailable' THEN t.probe_after END);
     UPDATE eav.steps SET state = 'pending', attempt = attempt - 1, run_at = v_until,
-        updated_at = now()
+        error = p_reason, updated_at = now()
     WHERE id = s.id;
     PERFORM eav.audit('step.released', 'success', p_actor, s.trace_id, s.task_id, s.id,
         jsonb_build_object('epoch', p_epoch, 'attempt', s.attempt - 1,
@@ -570,6 +570,33 @@ $$;
 COMMENT ON FUNCTION eav.step_collision(text, bigint, bigint) IS 'Fails a running step whose client-given idempotency key was first used with another input: audited idempotency.collision, alarm idempotency_collision, no call made.';
 
 -- Completion --------------------------------------------------------------------
+
+-- As in 0007, with tool_lost.
+CREATE OR REPLACE FUNCTION eav.complete_unknown(p_actor text, p_step_id bigint,
+    p_epoch bigint, p_detected_by text, p_reason text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_status text;
+BEGIN
+    IF p_detected_by IS NULL
+       OR p_detected_by NOT IN ('tool_timeout', 'tool_signal', 'tool_lost') THEN
+        RAISE EXCEPTION 'an unknown outcome needs detected_by tool_timeout, tool_signal or tool_lost, not %',
+            coalesce(p_detected_by, 'null') USING ERRCODE = '22023';
+    END IF;
+    v_status := eav.step_unknown(p_step_id, p_epoch, p_detected_by, p_actor, p_reason);
+    IF v_status <> 'skipped' THEN
+        RETURN v_status;
+    END IF;
+    IF EXISTS (SELECT 1 FROM eav.unknown_outcomes u
+               WHERE u.step_id = p_step_id AND u.claim_epoch = p_epoch
+                 AND u.detected_by = p_detected_by) THEN
+        RETURN 'already_applied';
+    END IF;
+    RETURN eav.complete_missed(p_actor, p_step_id, p_epoch);
+END;
+$$;
+COMMENT ON FUNCTION eav.complete_unknown(text, bigint, bigint, text, text) IS 'A worker reports that its call''s outcome is unknown (tool_timeout, tool_signal, tool_lost): eav.step_unknown for that epoch. Returns its decision, already_applied for a repeat, or fenced (audited fence.rejected) if the attempt was closed otherwise.';
 
 CREATE OR REPLACE FUNCTION eav.complete_batch(p_actor text, p_batch jsonb)
 RETURNS TABLE (step_id bigint, status text)

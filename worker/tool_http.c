@@ -495,8 +495,10 @@ http_failure(struct http_call *c)
 		    "chunking)";
 		break;
 	case EVREQ_HTTP_DATA_TOO_LONG:
+		/* evhttp says so of a chunk size it cannot read, too. */
 		http_end(c, OUT_FAILED, NULL, "answer larger than the tool's "
-		    "max_output_bytes (or its headers over 64 KiB)");
+		    "max_output_bytes, headers over 64 KiB or a chunk size "
+		    "that cannot be read; nothing kept");
 		return;
 	default:
 		what = "connection lost";

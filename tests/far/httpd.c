@@ -47,7 +47,8 @@
  *
  * Any mode may carry "until_attempt": N: the mode applies while
  * X-Eav-Attempt is below N (or missing); from attempt N on, the answer
- * is ok.  A bad or missing field, an unknown mode: 400 with a text
+ * is ok.  Or "times": N: the mode applies to the key's first N
+ * deliveries (a deferred step keeps its attempt number), then ok.  A bad or missing field, an unknown mode: 400 with a text
  * reason, and nothing is counted.  Request bodies over 1 MiB get 413 from
  * evhttp, uncounted.  Methods: GET POST PUT PATCH DELETE (others 501).
  *
@@ -858,6 +859,8 @@ delivery_run(struct delivery *d, const char **name)
 {
 	json_t	*mode = json_object_get(d->in, "mode");
 	json_t	*until = json_object_get(d->in, "until_attempt");
+	json_t	*times = json_object_get(d->in, "times");
+	struct key_rec *k;
 	size_t	 i;
 
 	*name = "ok";
@@ -868,6 +871,11 @@ delivery_run(struct delivery *d, const char **name)
 	if (mode != NULL)
 		*name = json_string_value(mode);
 	if (until != NULL && d->attempt >= json_integer_value(until))
+		*name = "ok";
+	if (times != NULL && !json_is_integer(times))
+		return reply_bad(d, "\"times\" must be an integer\n");
+	if (times != NULL && (k = key_find(d->key, key_hash(d->key))) !=
+	    NULL && (json_int_t)k->deliveries >= json_integer_value(times))
 		*name = "ok";
 	for (i = 0; i < nitems(modes); i++)
 		if (strcmp(*name, modes[i].name) == 0)

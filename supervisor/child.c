@@ -351,7 +351,8 @@ child_kill_tools(struct child *c)
 	for (i = 0; i < c->ntools; i++) {
 		if (killpg(c->tools[i], SIGKILL) == 0)
 			log_notice("%s pid %d: killed process group %d of its "
-			    "exec tool", child_name(c, name, sizeof(name)),
+			    "tool (exec program or MCP server)",
+			    child_name(c, name, sizeof(name)),
 			    (int)c->dead_pid, (int)c->tools[i]);
 		else if (errno != ESRCH)
 			log_warn("killpg %d", (int)c->tools[i]);

@@ -719,7 +719,7 @@ START_TEST(test_exec_kill_no_grandchild)
 	    "its child %d outlived the worker's reconcile", (int)pid,
 	    (int)child);
 	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 0);
-	ck_assert(th_log_contains(&e, "of its exec tool"));
+	ck_assert(th_log_contains(&e, "of its tool (exec program"));
 	th_wait_state(db.conn, &e, step, "held");
 	th_eavd_stop_ok(&e);
 	th_db_free(&db);
@@ -870,8 +870,9 @@ START_TEST(test_exec_config_refused)
 	assert_refused(db.conn, "SELECT eav.tool_register('new.tool', 'exec', "
 	    "$1::jsonb, true)", bad_configs[_i].config, bad_configs[_i].want);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
-	    "name = 'bad.tool' AND config = '{\"argv\": [\"/bin/true\"], "
-	    "\"env\": [], \"rlimits\": {}, \"max_output_bytes\": 65536}'", 0),
+	    "name = 'bad.tool' AND config - 'health' = '{\"argv\": "
+	    "[\"/bin/true\"], \"env\": [], \"rlimits\": {}, "
+	    "\"max_output_bytes\": 65536}'", 0),
 	    1);
 	th_db_free(&db);
 }
@@ -902,8 +903,8 @@ START_TEST(test_exec_config_bounds)
 	    "jsonb_build_object('argv', jsonb_build_array('/bin/true'), "
 	    "'env', jsonb_build_array(repeat('V', 129))), true)", NULL,
 	    "not a variable name");
-	assert_refused(db.conn, "SELECT eav.tool_register('x', 'http', "
-	    "'{\"url\": \"http://127.0.0.1/\"}', true)", NULL, "not supported");
+	assert_refused(db.conn, "SELECT eav.tool_register('x', 'ftp', "
+	    "'{\"url\": \"ftp://127.0.0.1/\"}', true)", NULL, "not supported");
 	assert_refused(db.conn, "SELECT eav.tool_register('x', 'exec', "
 	    "'{\"argv\": [\"/bin/true\"]}', true, 0)", NULL, "timeout_ms");
 	assert_refused(db.conn, "SELECT eav.tool_register('x', 'exec', "

@@ -659,7 +659,7 @@ mcp_send(struct mcp_server *srv, json_t *msg)
 static void
 mcp_flush(struct mcp_server *srv)
 {
-	char	why[256];
+	char	why[512];
 	int	n;
 
 	if (srv->proc == NULL || srv->proc->fds[TP_IN] == -1)
@@ -676,6 +676,7 @@ mcp_flush(struct mcp_server *srv)
 		if (n <= 0) {
 			snprintf(why, sizeof(why), "cannot write to the MCP "
 			    "server: %s", strerror(errno));
+			mcp_why_ended(srv, why, sizeof(why), why);
 			mcp_lost(srv, why);
 			return;
 		}

@@ -72,6 +72,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_lab.c \
 		ctl/cmd_rehearse.c \
 		ctl/cmd_queue.c \
+		ctl/cmd_tools.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \

@@ -44,6 +44,9 @@ int	cmd_status(struct ctl *, int, char **);
 int	cmd_migrate(struct ctl *, int, char **);
 int	cmd_alarm(struct ctl *, int, char **);
 
+/* cmd_tools.c */
+int	cmd_tools(struct ctl *, int, char **);
+
 /* cmd_queue.c */
 int	cmd_queue(struct ctl *, int, char **);
 

@@ -31,6 +31,9 @@ static const struct ctl_cmd cmds[] = {
 	{ "status", cmd_status, "status" },
 	{ "queue", cmd_queue, "queue list | queue set [-m max_attempts] "
 	    "[-b retry_base_ms] [-x retry_max_ms] [-d description] name" },
+	{ "tools", cmd_tools, "tools list | tools show name | tools register "
+	    "[-i] [-t timeout_ms] [-d description] name kind config|- | "
+	    "tools reset name" },
 	{ "alarm", cmd_alarm, "alarm ack id | alarm resolve [-n note] id" },
 	{ "inject", cmd_inject, "inject list [-a] | inject points | "
 	    "inject arm [-n count] [-s step_id] [-t tool] point "

@@ -538,6 +538,47 @@ START_TEST(test_queue)
 }
 END_TEST
 
+/*
+ * tools: register (audited, actor named), refused configs exit 2 with
+ * nothing stored, list shows health, reset makes a tool available again.
+ */
+START_TEST(test_tools)
+{
+	struct th_db	 db;
+
+	th_db_new(&db);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "tools", "register", "-i", "-t",
+	    "2000", "hook", "http", "{\"url\": \"http://127.0.0.1:9/x\"}",
+	    NULL), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'hook' AND kind = 'http' AND idempotent AND timeout_ms = "
+	    "2000", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'tool.registered' AND "
+	    "payload->>'tool' = 'hook' AND actor = 'operator:erin'", 0), 1);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "tools", "register", "h2", "http",
+	    "{\"url\": \"ftp://x/\"}", NULL), 2);
+	ck_assert_ptr_nonnull(strstr(out_read(), "must use http or https"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "tools", "register", "h2", "http",
+	    "not json", NULL), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'h2'", 0), 0);
+	PQclear(th_exec(db.conn, "UPDATE eav.tools SET health = 'unavailable',"
+	    " consecutive_errors = 12 WHERE name = 'hook'", 0));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "tools", "list", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "unavailable"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "tools", "reset", "hook", NULL),
+	    0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'hook' AND health = 'available' AND consecutive_errors = "
+	    "0", 0), 1);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "tools", "show", "hook", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "127.0.0.1:9"));
+	ck_assert_int_ne(ctl(db.dsn, "erin", "tools", "show", "nope", NULL), 0);
+	th_db_free(&db);
+}
+END_TEST
+
 /* status with eavd running lists its children and the queues. */
 START_TEST(test_status_eavd)
 {
@@ -593,6 +634,7 @@ suite_ctl(void)
 	tcase_add_test(tc, test_event);
 	tcase_add_test(tc, test_alarm);
 	tcase_add_test(tc, test_queue);
+	tcase_add_test(tc, test_tools);
 	tcase_add_test(tc, test_status_eavd);
 	tcase_set_timeout(tc, 90);
 	suite_add_tcase(s, tc);

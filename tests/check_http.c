@@ -303,7 +303,7 @@ END_TEST
  * spending an attempt, and the tool's reset time moves; an unusable
  * Retry-After (garbage, negative, huge) waits the default 30 s.
  */
-/* FM-062 */
+/* FM-042 */
 START_TEST(test_http_rate_limited)
 {
 	struct th_db	 db;
@@ -360,7 +360,7 @@ END_TEST
  * Nothing listens: the request never left, so the step is retried (not
  * unknown) until its attempts run out.  Errors in a row degrade the tool.
  */
-/* FM-063 */
+/* FM-062 */
 START_TEST(test_http_refused_retried)
 {
 	struct th_db	 db;
@@ -396,7 +396,7 @@ END_TEST
  * the idempotent tool is called again with the same key, and the far
  * side's effect stays one.
  */
-/* FM-064 */
+/* FM-063 */
 START_TEST(test_http_lost_after_send)
 {
 	struct th_db	 db;
@@ -426,7 +426,7 @@ END_TEST
  * No answer within the tool's timeout, non-idempotent tool: unknown
  * (tool_timeout), held with an alarm, never called again by itself.
  */
-/* FM-065 */
+/* FM-064 */
 START_TEST(test_http_timeout_held)
 {
 	struct th_db	 db;
@@ -455,7 +455,7 @@ END_TEST
  * fails; an answer without Content-Length ended by close is read whole.
  * No result is ever kept from them, and the worker goes on.
  */
-/* FM-066 */
+/* FM-065 */
 START_TEST(test_http_bad_answers)
 {
 	struct th_db	 db;
@@ -471,7 +471,8 @@ START_TEST(test_http_bad_answers)
 	    "zz\\r\\nhello\\r\\n\"}", 3);
 	line = enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
 	    "\"garbage\\r\\n\\r\\n\"}", 3);
-	big = enqueue(db.conn, "far", "{\"mode\": \"big\", \"bytes\": 5000}", 3);
+	big = enqueue(db.conn, "far", "{\"mode\": \"big\", \"bytes\": "
+	    "5000}", 3);
 	noclen = enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
 	    "\"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\n\\r\\n"
 	    "{\\\"fine\\\": true}\"}", 3);
@@ -493,7 +494,7 @@ START_TEST(test_http_bad_answers)
 END_TEST
 
 /* Configs refused with the field named, nothing stored. */
-/* FM-067 */
+/* FM-066 */
 START_TEST(test_http_bad_config)
 {
 	struct th_db	 db;
@@ -505,7 +506,8 @@ START_TEST(test_http_bad_config)
 		{ "{\"url\": \"http://h/\", \"verb\": \"GET\"}", "1000",
 		    "unknown field \"verb\"" },
 		{ "{\"method\": \"GET\"}", "1000", "\"url\" is missing" },
-		{ "{\"url\": \"ftp://h/x\"}", "1000", "must use http or https" },
+		{ "{\"url\": \"ftp://h/x\"}", "1000",
+		    "must use http or https" },
 		{ "{\"url\": \"h/x\"}", "1000", "must be an absolute URL" },
 		{ "{\"url\": \"http://u:p@h/x\"}", "1000", "without spaces or "
 		    "user info" },
@@ -558,7 +560,7 @@ END_TEST
  * A secret header is read from eavd's environment: the far side gets it,
  * the database (config, audit, results of other fields) never holds it.
  */
-/* FM-068 */
+/* FM-067 */
 START_TEST(test_http_secret)
 {
 	struct th_db	 db;
@@ -598,7 +600,7 @@ END_TEST
  * it back and resolves the alarm.  With "wait", steps are deferred with
  * their attempt kept until a probe call succeeds.
  */
-/* FM-069 */
+/* FM-026 */
 START_TEST(test_http_health)
 {
 	struct th_db	 db;
@@ -666,7 +668,7 @@ END_TEST
  * outcome without a call; with another input it is refused before any
  * call, audited and alarmed.
  */
-/* FM-070 */
+/* FM-068 */
 START_TEST(test_http_idempotency_key)
 {
 	struct th_db	 db;
@@ -741,7 +743,7 @@ kill_busy(PGconn *c, const struct th_eavd *e, char *step, size_t len,
  * retried with its key, and the idempotent far side has exactly one
  * effect per step; deliveries may be more (the ratio is printed).
  */
-/* FM-071 */
+/* FM-069 */
 START_TEST(test_http_kill_mid_call)
 {
 	struct th_db	 db;
@@ -770,9 +772,9 @@ START_TEST(test_http_kill_mid_call)
 			continue;
 		}
 		kills++;
-		ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT NOT (state = "
-		    "'running' AND claim_epoch = $2::bigint) FROM eav.steps WHERE "
-		    "id = $1::bigint", 2, step, epoch), "step %s was not "
+		ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT NOT (state "
+		    "= 'running' AND claim_epoch = $2::bigint) FROM eav.steps "
+		    "WHERE id = $1::bigint", 2, step, epoch), "step %s was not "
 		    "reconciled (log %s)", step, e.log);
 		interrupted += th_ll(db.conn, "SELECT count(*) FROM "
 		    "eav.unknown_outcomes WHERE step_id = $1::bigint AND "

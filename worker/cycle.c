@@ -292,8 +292,9 @@ static json_t *
 batch_elem(const struct step *s)
 {
 	json_t	*o;
-	int	 final = s->outcome == OUT_SUCCEEDED || s->outcome == OUT_FAILED;
+	int	 final;
 
+	final = s->outcome == OUT_SUCCEEDED || s->outcome == OUT_FAILED;
 	o = json_pack("{s:I, s:I, s:s, s:O?, s:s?, s:s?}", "id",
 	    (json_int_t)s->id, "epoch", (json_int_t)s->epoch,
 	    "outcome", outcome_name(s->outcome), "result", s->result,

@@ -142,12 +142,14 @@ http_url(const json_t *tmpl, const json_t *input, char *out, size_t len,
 		name[n] = '\0';
 		v = json_object_get(input, name);
 		if (json_is_string(v))
-			enc = evhttp_uriencode(json_string_value(v), -1, 0);
+			enc = evhttp_uriencode(json_string_value(v), -1,
+			    0);
 		else if (json_is_integer(v))
-			enc = xasprintf("%lld", (long long)json_integer_value(v));
+			enc = xasprintf("%lld",
+			    (long long)json_integer_value(v));
 		else {
-			snprintf(err, errlen, "the URL needs input.%s, a string "
-			    "or an integer", name);
+			snprintf(err, errlen, "the URL needs input.%s, a "
+			    "string or an integer", name);
 			return -1;
 		}
 		if (enc == NULL)
@@ -229,9 +231,9 @@ http_headers(struct evkeyvalq *h, const json_t *cfg, const struct step *s,
 	json_object_foreach(json_object_get(cfg, "secret_headers"), k, v) {
 		if (!json_is_string(v) || http_secret(json_string_value(v),
 		    secret, sizeof(secret)) == -1) {
-			snprintf(err, errlen, "secret %s (header %s) is not set, "
-			    "empty or not a single line", json_is_string(v) ?
-			    json_string_value(v) : "?", k);
+			snprintf(err, errlen, "secret %s (header %s) is not "
+			    "set, empty or not a single line",
+			    json_is_string(v) ? json_string_value(v) : "?", k);
 			explicit_bzero(secret, sizeof(secret));
 			return -1;
 		}

@@ -48,7 +48,8 @@
  * Any mode may carry "until_attempt": N: the mode applies while
  * X-Eav-Attempt is below N (or missing); from attempt N on, the answer
  * is ok.  Or "times": N: the mode applies to the key's first N
- * deliveries (a deferred step keeps its attempt number), then ok.  A bad or missing field, an unknown mode: 400 with a text
+ * deliveries (a deferred step keeps its attempt number), then ok.
+ * A bad or missing field, an unknown mode: 400 with a text
  * reason, and nothing is counted.  Request bodies over 1 MiB get 413 from
  * evhttp, uncounted.  Methods: GET POST PUT PATCH DELETE (others 501).
  *

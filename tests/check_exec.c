@@ -280,7 +280,8 @@ START_TEST(test_exec_cannot_start)
 	th_wait_state(db.conn, &e, step, "failed");
 	th_assert_failed(db.conn, step, "cannot run /nonexistent/eav-test-"
 	    "program: execve: No such file or directory");
-	snprintf(step, sizeof(step), "%s", th_enqueue(db.conn, "long", "{}", 5));
+	snprintf(step, sizeof(step), "%s", th_enqueue(db.conn, "long", "{}",
+	    5));
 	th_wait_state(db.conn, &e, step, "failed");
 	th_assert_failed(db.conn, step, "cannot run /\u00e9\u00e9");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
@@ -394,7 +395,8 @@ START_TEST(test_exec_signal_unknown)
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
 	th_far_conf(&e, &db, "exec9", 1, 4);
 	th_eavd_up(&e, db.conn, 1);
-	step = th_enqueue(db.conn, "rec", "{\"mode\": \"signal\", \"signal\": 9}",
+	step = th_enqueue(db.conn, "rec", "{\"mode\": \"signal\", "
+	    "\"signal\": 9}",
 	    2);
 	th_wait_state(db.conn, &e, step, "held");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
@@ -576,8 +578,9 @@ START_TEST(test_exec_kill_idempotent)
 	th_far_conf(&e, &db, "execk1", 4, 1);
 	th_eavd_up(&e, db.conn, 4);
 	while (interrupted < KILLS) {
-		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d of %d kills "
-		    "interrupted a call (log %s)", interrupted, kills, e.log);
+		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d of %d "
+		    "kills interrupted a call (log %s)", interrupted, kills,
+		    e.log);
 		if (th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 		    "state IN ('pending', 'running')", 0) < 8)
 			PQclear(th_exec(db.conn, record_sql, 2, "rec", "8"));
@@ -715,8 +718,8 @@ START_TEST(test_exec_kill_no_grandchild)
 	ck_assert(th_pick_call(db.conn, e.pid, "rec.once", "0", &k));
 	ck_assert_str_eq(k.step, step);
 	ck_assert_int_eq(kill_call(db.conn, &e, &k, mark, &(int){ 0 }), 1);
-	ck_assert_msg(th_gone(pid, mark) && th_gone(child, mark), "program %d or "
-	    "its child %d outlived the worker's reconcile", (int)pid,
+	ck_assert_msg(th_gone(pid, mark) && th_gone(child, mark), "program %d "
+	    "or its child %d outlived the worker's reconcile", (int)pid,
 	    (int)child);
 	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 0);
 	ck_assert(th_log_contains(&e, "of its tool (exec program"));

@@ -167,7 +167,7 @@ END_TEST
  * (the far side dedupes: one effect); not idempotent: held with an
  * alarm, never called again by itself.
  */
-/* FM-071 */
+/* FM-043 */
 START_TEST(test_mcp_crash)
 {
 	struct th_db	 db;
@@ -231,7 +231,7 @@ static const struct {
  * outcome is unknown (tool_lost) with the reason audited, nothing of the
  * answer is kept, the server is replaced, and the worker goes on.
  */
-/* FM-072 */
+/* FM-071 */
 START_TEST(test_mcp_protocol_broken)
 {
 	struct th_db	 db;
@@ -271,7 +271,7 @@ END_TEST
  * is killed (its late answer could not be trusted), and the retry with
  * the same key runs on a new one; with the attempts spent, held.
  */
-/* FM-073 */
+/* FM-072 */
 START_TEST(test_mcp_timeout)
 {
 	struct th_db	 db;
@@ -325,7 +325,7 @@ static const struct {
  * unknown outcome) and fails once its attempts are spent; a missing tool
  * fails at once.  The far side saw no call.
  */
-/* FM-074 */
+/* FM-073 */
 START_TEST(test_mcp_no_start)
 {
 	struct th_db	 db;
@@ -359,7 +359,7 @@ END_TEST
  * large it passes the line cap too (max_output_bytes + 64 KiB) cannot
  * even be read whole: the server is lost, the outcome unknown.
  */
-/* FM-075 */
+/* FM-074 */
 START_TEST(test_mcp_output_cap)
 {
 	struct th_db	 db;
@@ -409,7 +409,7 @@ assert_environ(pid_t pid)
  * so it records nothing and opens no descriptor of its own), a process
  * group of its own.
  */
-/* FM-076 */
+/* FM-075 */
 START_TEST(test_mcp_isolation)
 {
 	struct th_db	 db;
@@ -524,7 +524,7 @@ static const char record_sql[] =
  * worker's servers' groups is alive once the step is reconciled; at the
  * end every step succeeded with exactly one effect for its key.
  */
-/* FM-077 */
+/* FM-076 */
 START_TEST(test_mcp_kill_idempotent)
 {
 	struct th_db	 db;
@@ -584,7 +584,7 @@ END_TEST
  * its group: eavd kills the group before it reconciles the step, so
  * neither survives (by pid, and by a scan of /proc for mcpd's marker).
  */
-/* FM-077 */
+/* FM-076 */
 START_TEST(test_mcp_kill_no_grandchild)
 {
 	struct th_db	 db;

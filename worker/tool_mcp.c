@@ -83,17 +83,17 @@ struct mcp_server {
 	struct worker		*w;
 	char			*tool;		/* the eav tool */
 	char			*config;	/* its config, as claimed */
-	char			*remote;	/* the tool's name on the server */
+	char			*remote;	/* its name on the server */
 	struct tool_conf	 conf;
 	int			 init_timeout_ms;
 	enum mcp_state		 state;
 	struct toolproc		*proc;		/* NULL: no process */
-	struct event		*ev[TP_NFDS];	/* TP_IN only while output waits */
+	struct event		*ev[TP_NFDS];	/* TP_IN: while output waits */
 	struct evbuffer		*out, *in, *err;
 	size_t			 err_logged, err_dropped;
 	long long		 next_id, init_id, list_id;
 	int			 missing;	/* tools/list lacks the tool */
-	struct event		*timer;		/* per state: see mcp_timer_cb */
+	struct event		*timer;		/* see mcp_timer_cb */
 	int			 backoff_ms;
 	int64_t			 retry_at;	/* DOWN: no start before */
 	char			 why[256];	/* why the last start failed */
@@ -218,7 +218,8 @@ mcp_server_get(struct worker *w, struct step *s, enum step_outcome *o,
 	struct mcp_server	*srv;
 
 	TAILQ_FOREACH(srv, &servers, entry) {
-		if (srv->state == MCP_CLOSING || strcmp(srv->tool, s->tool) != 0)
+		if (srv->state == MCP_CLOSING ||
+		    strcmp(srv->tool, s->tool) != 0)
 			continue;
 		if (s->config != NULL && strcmp(srv->config, s->config) == 0) {
 			srv->used_at = clock_ms();
@@ -503,7 +504,7 @@ static void
 mcp_why_ended(struct mcp_server *srv, char *why, size_t len,
     const char *dflt)
 {
-	struct spawn_failure	f;
+	struct spawn_failure	f = { 0, 0 };
 	ssize_t			n = -1;
 
 	if (srv->proc != NULL && srv->proc->fds[TP_FAIL] != -1)

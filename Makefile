@@ -60,8 +60,10 @@ WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \
 		worker/tools.c \
+		worker/toolproc.c \
 		worker/tool_exec.c \
-		worker/tool_http.c
+		worker/tool_http.c \
+		worker/tool_mcp.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
 CTL_SRCS =	ctl/main.c \
@@ -80,6 +82,7 @@ SOAK_SRCS =	tests/chaos/main.c \
 		tests/chaos/util.c
 TEST_SRCS ?=	tests/check_main.c \
 		tests/harness.c \
+		tests/tooltest.c \
 		tests/check_config.c \
 		tests/check_schema.c \
 		tests/check_transitions.c \
@@ -90,7 +93,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_ctl.c \
 		tests/check_inject.c \
 		tests/check_exec.c \
-		tests/check_http.c
+		tests/check_http.c \
+		tests/check_mcp.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c
@@ -102,7 +106,9 @@ BINS	= $(BUILD)/bin/eavd $(BUILD)/bin/eav-worker $(BUILD)/bin/eav-producer \
 TESTBIN	= $(BUILD)/bin/check_eav
 # Far sides the tests call, built without sanitizers: they are not under
 # test, and an address-space limit must not stop them from starting.
-FAR_BINS = $(BUILD)/bin/recorder $(BUILD)/bin/httpd
+FAR_BINS = $(BUILD)/bin/recorder \
+	   $(BUILD)/bin/httpd \
+	   $(BUILD)/bin/mcpd
 FAR_PKGS = libpq jansson
 HTTPD_PKGS = libevent jansson
 
@@ -156,7 +162,7 @@ $(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
-$(BUILD)/bin/recorder: tests/far/recorder.c
+$(BUILD)/bin/recorder $(BUILD)/bin/mcpd: $(BUILD)/bin/%: tests/far/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
 	    $(shell pkg-config --cflags $(FAR_PKGS) 2>/dev/null) -o $@ $< \

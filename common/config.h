@@ -9,6 +9,14 @@
 #include <stddef.h>
 #include <stdio.h>
 
+/*
+ * Long-lived tool processes (MCP servers) a worker may have at once, on
+ * top of one program per running step: eavd sizes its list of a
+ * worker's tool process groups for both (twice this: a server replaced
+ * may not be reaped yet when its successor starts).
+ */
+#define EAV_TOOL_SERVERS_MAX	8
+
 struct eav_config {
 	char	*path;			/* file read, or NULL for defaults */
 	char	*dsn;

@@ -119,14 +119,15 @@ child_close_ctl(struct child *c)
 }
 
 /*
- * Sizes a worker's list of tool process groups for its concurrency: at
- * spawn, since the crash path must not allocate.
+ * Sizes a worker's list of tool process groups for its concurrency and
+ * its MCP servers: at spawn, since the crash path must not allocate.
  */
 static void
 child_tools_reset(struct child *c)
 {
 	if (c->kind == KIND_WORKER) {
-		c->maxtools = c->sup->cfg.worker_concurrency;
+		c->maxtools = c->sup->cfg.worker_concurrency +
+		    2 * EAV_TOOL_SERVERS_MAX;
 		c->tools = xreallocarray(c->tools, (size_t)c->maxtools,
 		    sizeof(pid_t));
 	}
@@ -241,7 +242,7 @@ child_tool_line(struct child *c, const char *line)
 		return;
 	}
 	if (line[4] == '+') {
-		log_warnx("%s pid %d runs more programs than its concurrency; "
+		log_warnx("%s pid %d runs more programs than it may; "
 		    "not tracking group %lld", child_name(c, name,
 		    sizeof(name)), (int)c->pid, pg);
 		return;
@@ -350,7 +351,8 @@ child_kill_tools(struct child *c)
 	for (i = 0; i < c->ntools; i++) {
 		if (killpg(c->tools[i], SIGKILL) == 0)
 			log_notice("%s pid %d: killed process group %d of its "
-			    "exec tool", child_name(c, name, sizeof(name)),
+			    "tool (exec program or MCP server)",
+			    child_name(c, name, sizeof(name)),
 			    (int)c->dead_pid, (int)c->tools[i]);
 		else if (errno != ESRCH)
 			log_warn("killpg %d", (int)c->tools[i]);

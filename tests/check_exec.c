@@ -32,15 +32,6 @@
 #define KILL_TOTAL_MS	200000	/* and of the drain (timeout 240 s) */
 #define HELD_KILLS	10
 
-/* The recorder's tables, in the test's database. */
-static const char far_deliveries_sql[] =
-    "CREATE TABLE far_deliveries (id bigserial PRIMARY KEY, key text NOT NULL,"
-    " step bigint NOT NULL, attempt int NOT NULL, pid int NOT NULL,"
-    " at timestamptz NOT NULL DEFAULT clock_timestamp())";
-static const char far_effects_sql[] =
-    "CREATE TABLE far_effects (key text PRIMARY KEY, step bigint NOT NULL,"
-    " attempt int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())";
-
 /* Registers the recorder as tool name; flag: NULL or "--every". */
 static const char register_sql[] =
     "SELECT eav.tool_register($1, 'exec', jsonb_build_object('argv',"
@@ -48,45 +39,6 @@ static const char register_sql[] =
     " || CASE WHEN $3::text IS NULL THEN '[]' ELSE jsonb_build_array($3::text)"
     " END, 'env',"
     " '[\"RECORDER_DSN\"]'::jsonb) || $4::jsonb, $5::boolean, $6::int)";
-
-static long long
-now_ms(void)
-{
-	struct timespec	ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Pauses for ms milliseconds: pacing, never a wait for a condition. */
-static void
-pause_ms(long ms)
-{
-	struct timespec	ts = { ms / 1000, (ms % 1000) * 1000000 };
-
-	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-		;
-}
-
-/*
- * A database with the recorder's tables, and the environment eavd (and
- * so the worker) will have: the recorder's DSN, and secrets that must
- * never reach a program (EAV_DSN is the test database's, as eavd uses it).
- */
-static void
-far_db(struct th_db *db)
-{
-	th_db_new(db);
-	PQclear(th_exec(db->conn, far_deliveries_sql, 0));
-	PQclear(th_exec(db->conn, far_effects_sql, 0));
-	setenv("RECORDER_DSN", db->dsn, 1);
-	setenv("EAV_DSN", db->dsn, 1);
-	setenv("PGPASSWORD", "canary-pgpassword", 1);
-	setenv("EAV_TEST_CANARY", "canary-secret", 1);
-	/* Retries after an unknown outcome or a failure come back soon. */
-	PQclear(th_exec(db->conn, "UPDATE eav.queues SET retry_base_ms = 10, "
-	    "retry_max_ms = 100 WHERE name = 'default'", 0));
-}
 
 /* Registers the recorder; extra is more config (a JSON object). */
 static void
@@ -101,281 +53,6 @@ reg(PGconn *c, const char *name, int every, int idempotent, int timeout_ms,
 	    idempotent ? "true" : "false", t));
 }
 
-static void
-conf(struct th_eavd *e, const struct th_db *db, const char *node,
-    int workers, int concurrency)
-{
-	char	text[512];
-
-	snprintf(text, sizeof(text), "[supervisor]\nnode_name = %s\n"
-	    "workers = %d\nrestart_backoff_min = 10ms\n"
-	    "restart_backoff_max = 100ms\nrestart_intensity = 0\n"
-	    "shutdown_grace = 20s\n[worker]\npoll_interval = 100ms\n"
-	    "concurrency = %d\nbatch_size = %d\n", node, workers,
-	    concurrency, concurrency);
-	th_eavd_conf(e, db, text);
-}
-
-static void
-start_up(struct th_eavd *e, struct th_db *db, int nworkers)
-{
-	th_eavd_start(e);
-	ck_assert_msg(th_eavd_wait_up(e, db->conn, nworkers, DEADLINE_MS),
-	    "eavd did not come up (log %s)", e->log);
-}
-
-/* SIGTERM, exit 0, and no sanitizer report in any process's log. */
-static void
-stop_ok(struct th_eavd *e)
-{
-	int	status = th_eavd_stop(e, SIGTERM, DEADLINE_MS);
-
-	ck_assert_msg(status != -1 && WIFEXITED(status) &&
-	    WEXITSTATUS(status) == 0, "eavd did not stop cleanly (log %s)",
-	    e->log);
-	ck_assert_msg(!th_log_contains(e, "Sanitizer") &&
-	    !th_log_contains(e, "runtime error"), "a sanitizer reported an "
-	    "error (log %s)", e->log);
-}
-
-/* Enqueues one step of tool; returns its id (static buffer, one of 4). */
-static const char *
-enqueue(PGconn *c, const char *tool, const char *input, int max_attempts)
-{
-	static char	id[4][24];
-	static int	i;
-	char		max[16];
-
-	i = (i + 1) % 4;
-	snprintf(max, sizeof(max), "%d", max_attempts);
-	snprintf(id[i], sizeof(id[i]), "%lld", th_ll(c, "SELECT "
-	    "eav.step_id(eav.enqueue($1, $2::jsonb, p_max_attempts => "
-	    "$3::int), 1)", 3, tool, input, max));
-	return id[i];
-}
-
-/* Waits until the step is in state; fails the test with the log. */
-static void
-wait_state(PGconn *c, const struct th_eavd *e, const char *step,
-    const char *state)
-{
-	ck_assert_msg(th_wait(c, DEADLINE_MS, "SELECT state = $2 FROM "
-	    "eav.steps WHERE id = $1::bigint", 2, step, state),
-	    "step %s never reached %s (log %s)", step, state, e->log);
-}
-
-/* The step's error, or "" (caller frees). */
-static char *
-step_error(PGconn *c, const char *step)
-{
-	return th_str(c, "SELECT coalesce(error, '') FROM eav.steps WHERE "
-	    "id = $1::bigint", 1, step);
-}
-
-/* Asserts the step's error contains want, and that no result was kept. */
-static void
-assert_failed(PGconn *c, const char *step, const char *want)
-{
-	char	*err = step_error(c, step);
-
-	ck_assert_msg(strstr(err, want) != NULL, "step %s: error \"%s\" "
-	    "lacks \"%s\"", step, err, want);
-	free(err);
-	ck_assert_int_eq(th_ll(c, "SELECT count(*) FROM eav.steps WHERE "
-	    "id = $1::bigint AND state = 'failed' AND result IS NULL", 1,
-	    step), 1);
-}
-
-/* Reads a whole small file into buf; its length, or -1. */
-static ssize_t
-read_file(const char *path, char *buf, size_t len)
-{
-	FILE	*fp = fopen(path, "r");
-	size_t	 n;
-
-	if (fp == NULL)
-		return -1;
-	n = fread(buf, 1, len - 1, fp);
-	fclose(fp);
-	buf[n] = '\0';
-	return (ssize_t)n;
-}
-
-/* Waits for the recorder's pid file; fills the pids it names. */
-static int
-read_pidfile(const char *path, pid_t *pid, pid_t *child)
-{
-	long long	deadline = now_ms() + DEADLINE_MS;
-	char		buf[64];
-	int		a, b = 0;
-
-	while (read_file(path, buf, sizeof(buf)) <= 0 ||
-	    sscanf(buf, "%d %d", &a, &b) < 1) {
-		if (now_ms() > deadline)
-			return -1;
-		pause_ms(5);
-	}
-	*pid = (pid_t)a;
-	if (child != NULL)
-		*child = (pid_t)b;
-	return 0;
-}
-
-/* The state letter and process group of pid; -1 if there is none. */
-static int
-proc_stat(pid_t pid, char *state, pid_t *pgrp)
-{
-	char	path[64], buf[1024], *p;
-	int	ppid, pg;
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	if (read_file(path, buf, sizeof(buf)) <= 0)
-		return -1;
-	/* The command name may hold anything: parse after its last ')'. */
-	if ((p = strrchr(buf, ')')) == NULL ||
-	    sscanf(p + 1, " %c %d %d", state, &ppid, &pg) != 3)
-		return -1;
-	*pgrp = (pid_t)pg;
-	return 0;
-}
-
-/*
- * True if pid has a SIGKILL pending: it will never run user code again
- * (a process killed a moment ago may still show state R while the
- * kernel takes it down).
- */
-static int
-doomed(pid_t pid)
-{
-	char			 path[64], buf[4096], *p;
-	unsigned long long	 mask;
-	const char		*fields[] = { "\nSigPnd:", "\nShdPnd:" };
-	size_t			 i;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	if (read_file(path, buf, sizeof(buf)) <= 0)
-		return 1;
-	for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-		if ((p = strstr(buf, fields[i])) != NULL &&
-		    sscanf(p + strlen(fields[i]), " %llx", &mask) == 1 &&
-		    (mask & (1ULL << (SIGKILL - 1))) != 0)
-			return 1;
-	return 0;
-}
-
-/*
- * True if pid is not a live process whose command line holds marker:
- * no such process, a zombie, one about to die of SIGKILL, or a pid
- * reused by another program.
- */
-static int
-gone(pid_t pid, const char *marker)
-{
-	char	path[64], buf[4096], state;
-	pid_t	pg;
-	ssize_t	n, i;
-
-	if (proc_stat(pid, &state, &pg) == -1 || state == 'Z' ||
-	    state == 'X' || doomed(pid))
-		return 1;
-	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-	if ((n = read_file(path, buf, sizeof(buf))) <= 0)
-		return 1;
-	for (i = 0; i < n; i++)
-		if (buf[i] == '\0')
-			buf[i] = ' ';
-	return strstr(buf, marker) == NULL;
-}
-
-/* Waits (bounded) until pid is gone; 1, or 0 at the deadline. */
-static int
-wait_gone(pid_t pid, const char *marker, int timeout_ms)
-{
-	long long	deadline = now_ms() + timeout_ms;
-
-	while (!gone(pid, marker)) {
-		if (now_ms() > deadline)
-			return 0;
-		pause_ms(2);
-	}
-	return 1;
-}
-
-/* The recorders' marker: --marker=<database>. */
-static void
-marker(const struct th_db *db, char *buf, size_t len)
-{
-	snprintf(buf, len, "--marker=%s", db->name);
-}
-
-/* True if the NUL-separated environment of pid has the entry want. */
-static int
-env_has(pid_t pid, const char *want)
-{
-	char	path[64], buf[16384];
-	ssize_t	n, i;
-
-	snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
-	if ((n = read_file(path, buf, sizeof(buf))) <= 0)
-		return 0;
-	for (i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
-		if (strcmp(buf + i, want) == 0)
-			return 1;
-	return 0;
-}
-
-/*
- * Counts live (not zombie) processes whose command line holds mark and,
- * if step is not NULL, whose environment names that step and attempt.
- */
-static int
-count_live(const char *mark, const char *step, const char *attempt)
-{
-	DIR		*d = opendir("/proc");
-	struct dirent	*de;
-	char		 want_s[64], want_a[64];
-	int		 n = 0;
-	pid_t		 pid;
-
-	ck_assert_ptr_nonnull(d);
-	snprintf(want_s, sizeof(want_s), "EAV_STEP_ID=%s", step ? step : "");
-	snprintf(want_a, sizeof(want_a), "EAV_ATTEMPT=%s",
-	    attempt ? attempt : "");
-	while ((de = readdir(d)) != NULL) {
-		if ((pid = (pid_t)atoi(de->d_name)) <= 0 || gone(pid, mark))
-			continue;
-		if (step != NULL && (!env_has(pid, want_s) ||
-		    !env_has(pid, want_a)))
-			continue;
-		n++;
-	}
-	closedir(d);
-	return n;
-}
-
-/* Waits until no step of tool is pending or running. */
-static void
-wait_settled(PGconn *c, const struct th_eavd *e, const char *tool,
-    int timeout_ms)
-{
-	ck_assert_msg(th_wait(c, timeout_ms, "SELECT NOT EXISTS (SELECT 1 "
-	    "FROM eav.steps WHERE tool = $1 AND state IN ('pending', "
-	    "'running'))", 1, tool), "steps of %s did not settle (log %s)",
-	    tool, e->log);
-}
-
-/* Asserts eav.check_invariants() finds nothing. */
-static void
-assert_sound(PGconn *c)
-{
-	char	*v = th_str(c, "SELECT coalesce(string_agg(inv || '=' || "
-	    "violations || ' (' || coalesce(sample, '') || ')', ', '), '') "
-	    "FROM eav.check_invariants(false) WHERE violations > 0", 0);
-
-	ck_assert_msg(v != NULL && *v == '\0', "invariants violated: %s", v);
-	free(v);
-}
-
 /*
  * exit 0 with JSON on stdout: succeeded with that result.  The program
  * got the step's input on stdin and the call's identity in EAV_*; in
@@ -387,13 +64,13 @@ START_TEST(test_exec_succeeded)
 	struct th_eavd	 e;
 	const char	*step;
 
-	far_db(&db);
+	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
-	conf(&e, &db, "exec1", 1, 4);
-	start_up(&e, &db, 1);
-	step = enqueue(db.conn, "rec", "{\"mode\": \"echo\", \"n\": 42, "
+	th_far_conf(&e, &db, "exec1", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "rec", "{\"mode\": \"echo\", \"n\": 42, "
 	    "\"s\": \"caf\\u00e9 \\u2603\"}", 1);
-	wait_state(db.conn, &e, step, "succeeded");
+	th_wait_state(db.conn, &e, step, "succeeded");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps s "
 	    "JOIN eav.tasks t ON t.id = s.task_id WHERE s.id = $1::bigint "
 	    "AND s.result->'input' = s.input "
@@ -403,13 +80,13 @@ START_TEST(test_exec_succeeded)
 	    "AND s.result->'env'->>'EAV_ATTEMPT' = '1' "
 	    "AND s.result->'env'->>'EAV_TRACE_ID' = s.trace_id::text "
 	    "AND t.state = 'succeeded'", 1, step), 1);
-	step = enqueue(db.conn, "rec", "{}", 1);
-	wait_state(db.conn, &e, step, "succeeded");
+	step = th_enqueue(db.conn, "rec", "{}", 1);
+	th_wait_state(db.conn, &e, step, "succeeded");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps s "
 	    "JOIN far_effects f ON f.key = s.idempotency_key AND f.step = s.id "
 	    "WHERE s.id = $1::bigint AND s.result->>'effect' = 'true' AND "
 	    "s.result->>'key' = s.idempotency_key", 1, step), 1);
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -449,26 +126,26 @@ START_TEST(test_exec_not_json)
 	char		 steps[24][24];
 	size_t		 i, n = sizeof(not_json) / sizeof(not_json[0]);
 
-	far_db(&db);
+	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
-	conf(&e, &db, "exec2", 1, 8);
-	start_up(&e, &db, 1);
+	th_far_conf(&e, &db, "exec2", 1, 8);
+	th_eavd_up(&e, db.conn, 1);
 	for (i = 0; i < n; i++)
 		snprintf(steps[i], sizeof(steps[i]), "%s",
-		    enqueue(db.conn, "rec", not_json[i], 1));
+		    th_enqueue(db.conn, "rec", not_json[i], 1));
 	snprintf(steps[n], sizeof(steps[n]), "%lld", th_ll(db.conn, "SELECT "
 	    "eav.step_id(eav.enqueue('rec', jsonb_build_object('mode', "
 	    "'text', 'text', repeat('[', 10000))), 1)", 0));
-	wait_settled(db.conn, &e, "rec", DEADLINE_MS);
+	th_wait_settled(db.conn, &e, "rec", DEADLINE_MS);
 	for (i = 0; i <= n; i++)
-		assert_failed(db.conn, steps[i], "stdout is ");
-	assert_failed(db.conn, steps[1], "stdout is empty");
-	assert_failed(db.conn, steps[3], "duplicate object key");
-	assert_failed(db.conn, steps[12], "stdout is not valid JSON: unable "
+		th_assert_failed(db.conn, steps[i], "stdout is ");
+	th_assert_failed(db.conn, steps[1], "stdout is empty");
+	th_assert_failed(db.conn, steps[3], "duplicate object key");
+	th_assert_failed(db.conn, steps[12], "stdout is not valid JSON: unable "
 	    "to decode byte 0xff");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -484,27 +161,27 @@ START_TEST(test_exec_output_cap)
 	struct th_eavd	 e;
 	char		 at[24], over[24], huge[24];
 
-	far_db(&db);
+	th_far_db(&db);
 	reg(db.conn, "rec.small", 0, 1, 30000, "{\"max_output_bytes\": 100}");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT max_output_bytes FROM "
 	    "eav.tools WHERE name = 'rec.small'", 0), 100);
-	conf(&e, &db, "exec3", 1, 4);
-	start_up(&e, &db, 1);
-	snprintf(at, sizeof(at), "%s", enqueue(db.conn, "rec.small",
+	th_far_conf(&e, &db, "exec3", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(at, sizeof(at), "%s", th_enqueue(db.conn, "rec.small",
 	    "{\"mode\": \"big\", \"bytes\": 100}", 1));
-	snprintf(over, sizeof(over), "%s", enqueue(db.conn, "rec.small",
+	snprintf(over, sizeof(over), "%s", th_enqueue(db.conn, "rec.small",
 	    "{\"mode\": \"big\", \"bytes\": 101}", 1));
-	snprintf(huge, sizeof(huge), "%s", enqueue(db.conn, "rec.small",
+	snprintf(huge, sizeof(huge), "%s", th_enqueue(db.conn, "rec.small",
 	    "{\"mode\": \"big\", \"bytes\": 2000000}", 1));
-	wait_settled(db.conn, &e, "rec.small", DEADLINE_MS);
+	th_wait_settled(db.conn, &e, "rec.small", DEADLINE_MS);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT length(result #>> '{}') FROM "
 	    "eav.steps WHERE id = $1::bigint AND state = 'succeeded'", 1, at),
 	    97);
-	assert_failed(db.conn, over, "output larger than 100 bytes");
-	assert_failed(db.conn, huge, "output larger than 100 bytes");
+	th_assert_failed(db.conn, over, "output larger than 100 bytes");
+	th_assert_failed(db.conn, huge, "output larger than 100 bytes");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -521,19 +198,19 @@ START_TEST(test_exec_tempfail_retried)
 	struct th_eavd	 e;
 	char		 flaky[24], down[24];
 
-	far_db(&db);
+	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
-	conf(&e, &db, "exec4", 1, 4);
-	start_up(&e, &db, 1);
-	snprintf(flaky, sizeof(flaky), "%s", enqueue(db.conn, "rec",
+	th_far_conf(&e, &db, "exec4", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(flaky, sizeof(flaky), "%s", th_enqueue(db.conn, "rec",
 	    "{\"mode\": \"exit\", \"code\": 75, \"succeed_from\": 2}", 3));
-	snprintf(down, sizeof(down), "%s", enqueue(db.conn, "rec",
+	snprintf(down, sizeof(down), "%s", th_enqueue(db.conn, "rec",
 	    "{\"mode\": \"exit\", \"code\": 75, \"stderr\": \"busy\"}", 3));
-	wait_settled(db.conn, &e, "rec", DEADLINE_MS);
+	th_wait_settled(db.conn, &e, "rec", DEADLINE_MS);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 	    "id = $1::bigint AND state = 'succeeded' AND attempt = 2", 1,
 	    flaky), 1);
-	assert_failed(db.conn, down, "exited with code 75 (temporary "
+	th_assert_failed(db.conn, down, "exited with code 75 (temporary "
 	    "failure); stderr: busy");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
 	    "WHERE step_id = $1::bigint AND type = 'step.retry_scheduled' AND "
@@ -543,7 +220,7 @@ START_TEST(test_exec_tempfail_retried)
 	    3);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes", 0), 0);
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -559,20 +236,20 @@ START_TEST(test_exec_exit_failed)
 	struct th_eavd	 e;
 	const char	*step;
 
-	far_db(&db);
+	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
-	conf(&e, &db, "exec5", 1, 4);
-	start_up(&e, &db, 1);
-	step = enqueue(db.conn, "rec", "{\"mode\": \"exit\", \"code\": 3, "
+	th_far_conf(&e, &db, "exec5", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "rec", "{\"mode\": \"exit\", \"code\": 3, "
 	    "\"stderr\": \"boom \\u00e9\", \"stderr_hex\": \"ff0a00\"}", 5);
-	wait_state(db.conn, &e, step, "failed");
-	assert_failed(db.conn, step, "exited with code 3; stderr: boom "
+	th_wait_state(db.conn, &e, step, "failed");
+	th_assert_failed(db.conn, step, "exited with code 3; stderr: boom "
 	    "\xc3\xa9\\xff\\n\\x00");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
 	    "WHERE step_id = $1::bigint AND type = 'step.claimed'", 1, step),
 	    1);
 	ck_assert(th_log_contains(&e, "stderr: boom"));
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -589,26 +266,27 @@ START_TEST(test_exec_cannot_start)
 	struct th_eavd	 e;
 	char		 step[24];
 
-	far_db(&db);
+	th_far_db(&db);
 	PQclear(th_exec(db.conn, "SELECT eav.tool_register('missing', "
 	    "'exec', '{\"argv\": [\"/nonexistent/eav-test-program\"]}', "
 	    "true)", 0));
 	PQclear(th_exec(db.conn, "SELECT eav.tool_register('long', 'exec', "
 	    "jsonb_build_object('argv', jsonb_build_array('/' || "
 	    "repeat('\u00e9', 2000))), true)", 0));
-	conf(&e, &db, "exec6", 1, 4);
-	start_up(&e, &db, 1);
-	snprintf(step, sizeof(step), "%s", enqueue(db.conn, "missing", "{}",
+	th_far_conf(&e, &db, "exec6", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(step, sizeof(step), "%s", th_enqueue(db.conn, "missing", "{}",
 	    5));
-	wait_state(db.conn, &e, step, "failed");
-	assert_failed(db.conn, step, "cannot run /nonexistent/eav-test-"
+	th_wait_state(db.conn, &e, step, "failed");
+	th_assert_failed(db.conn, step, "cannot run /nonexistent/eav-test-"
 	    "program: execve: No such file or directory");
-	snprintf(step, sizeof(step), "%s", enqueue(db.conn, "long", "{}", 5));
-	wait_state(db.conn, &e, step, "failed");
-	assert_failed(db.conn, step, "cannot run /\u00e9\u00e9");
+	snprintf(step, sizeof(step), "%s", th_enqueue(db.conn, "long", "{}",
+	    5));
+	th_wait_state(db.conn, &e, step, "failed");
+	th_assert_failed(db.conn, step, "cannot run /\u00e9\u00e9");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -626,12 +304,12 @@ START_TEST(test_exec_timeout_retried)
 	struct th_eavd	 e;
 	const char	*step;
 
-	far_db(&db);
+	th_far_db(&db);
 	reg(db.conn, "rec.slow", 0, 1, 400, NULL);
-	conf(&e, &db, "exec7", 1, 4);
-	start_up(&e, &db, 1);
-	step = enqueue(db.conn, "rec.slow", "{\"after_ms\": 60000}", 2);
-	wait_state(db.conn, &e, step, "held");
+	th_far_conf(&e, &db, "exec7", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "rec.slow", "{\"after_ms\": 60000}", 2);
+	th_wait_state(db.conn, &e, step, "held");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND "
 	    "detected_by = 'tool_timeout' AND reason LIKE 'timed out after "
@@ -654,8 +332,8 @@ START_TEST(test_exec_timeout_retried)
 	    "JOIN eav.alarms a ON a.subject = 'step:' || s.id WHERE s.id = "
 	    "$1::bigint AND s.held_reason = 'attempts_exhausted' AND "
 	    "a.state = 'open'", 1, step), 1);
-	assert_sound(db.conn);
-	stop_ok(&e);
+	th_assert_sound(db.conn);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -673,21 +351,21 @@ START_TEST(test_exec_timeout_held)
 	char		 input[512], path[256], mark[128];
 	pid_t		 pid, child;
 
-	far_db(&db);
-	marker(&db, mark, sizeof(mark));
+	th_far_db(&db);
+	th_marker(&db, mark, sizeof(mark));
 	reg(db.conn, "rec.once", 0, 0, 500, NULL);
-	conf(&e, &db, "exec8", 1, 4);
-	start_up(&e, &db, 1);
+	th_far_conf(&e, &db, "exec8", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(path, sizeof(path), "%s/%s.pid", th_tmpdir(), db.name);
 	snprintf(input, sizeof(input), "{\"mode\": \"grandchild\", \"ms\": "
 	    "60000, \"pidfile\": \"%s\"}", path);
-	step = enqueue(db.conn, "rec.once", input, 5);
-	ck_assert_int_eq(read_pidfile(path, &pid, &child), 0);
-	wait_state(db.conn, &e, step, "held");
-	ck_assert_msg(wait_gone(pid, mark, 2000) && wait_gone(child, mark,
+	step = th_enqueue(db.conn, "rec.once", input, 5);
+	ck_assert_int_eq(th_read_pidfile(path, &pid, &child), 0);
+	th_wait_state(db.conn, &e, step, "held");
+	ck_assert_msg(th_wait_gone(pid, mark, 2000) && th_wait_gone(child, mark,
 	    2000), "program %d or its child %d outlived the time-out",
 	    (int)pid, (int)child);
-	ck_assert_int_eq(count_live(mark, NULL, NULL), 0);
+	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND "
 	    "detected_by = 'tool_timeout' AND decision = 'held'", 1, step), 1);
@@ -699,8 +377,8 @@ START_TEST(test_exec_timeout_held)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
 	    "WHERE step_id = $1::bigint AND type = 'step.claimed'", 1, step),
 	    1);
-	assert_sound(db.conn);
-	stop_ok(&e);
+	th_assert_sound(db.conn);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -713,13 +391,14 @@ START_TEST(test_exec_signal_unknown)
 	struct th_eavd	 e;
 	const char	*step;
 
-	far_db(&db);
+	th_far_db(&db);
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
-	conf(&e, &db, "exec9", 1, 4);
-	start_up(&e, &db, 1);
-	step = enqueue(db.conn, "rec", "{\"mode\": \"signal\", \"signal\": 9}",
+	th_far_conf(&e, &db, "exec9", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "rec", "{\"mode\": \"signal\", "
+	    "\"signal\": 9}",
 	    2);
-	wait_state(db.conn, &e, step, "held");
+	th_wait_state(db.conn, &e, step, "held");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND "
 	    "detected_by = 'tool_signal' AND reason = 'killed by signal 9 "
@@ -732,37 +411,11 @@ START_TEST(test_exec_signal_unknown)
 	    "result IS NULL", 1, step), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
 	    "eav.processes", 0), 0);
-	assert_sound(db.conn);
-	stop_ok(&e);
+	th_assert_sound(db.conn);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
-
-/* Asserts /proc/<pid>/fd holds exactly 0, 1 and 2. */
-static void
-assert_fds(pid_t pid)
-{
-	char		 path[64];
-	DIR		*d;
-	struct dirent	*de;
-	int		 seen = 0, n = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-	ck_assert_ptr_nonnull(d = opendir(path));
-	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
-			continue;
-		n++;
-		ck_assert_msg(strcmp(de->d_name, "0") == 0 ||
-		    strcmp(de->d_name, "1") == 0 ||
-		    strcmp(de->d_name, "2") == 0, "the program has fd %s",
-		    de->d_name);
-		seen |= 1 << atoi(de->d_name);
-	}
-	closedir(d);
-	ck_assert_int_eq(n, 3);
-	ck_assert_int_eq(seen, 7);
-}
 
 /* Asserts the program's environment: these names, and no secret. */
 static void
@@ -777,7 +430,7 @@ assert_environ(pid_t pid)
 	int	count = 0, ok;
 
 	snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
-	ck_assert_int_gt(n = read_file(path, buf, sizeof(buf)), 0);
+	ck_assert_int_gt(n = th_read_file(path, buf, sizeof(buf)), 0);
 	for (i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1) {
 		count++;
 		ck_assert_msg(strstr(buf + i, "canary") == NULL, "a secret "
@@ -797,7 +450,7 @@ assert_limit(pid_t pid, const char *name, const char *value)
 	char	path[64], buf[4096], *p;
 
 	snprintf(path, sizeof(path), "/proc/%d/limits", (int)pid);
-	ck_assert_int_gt(read_file(path, buf, sizeof(buf)), 0);
+	ck_assert_int_gt(th_read_file(path, buf, sizeof(buf)), 0);
 	ck_assert_ptr_nonnull(p = strstr(buf, name));
 	p += strlen(name);
 	/* Columns are padded with blanks. */
@@ -827,32 +480,32 @@ START_TEST(test_exec_isolation)
 	char		 input[512], path[256], state;
 	pid_t		 pid, pg;
 
-	far_db(&db);
+	th_far_db(&db);
 	reg(db.conn, "rec.iso", 0, 1, 30000, "{\"rlimits\": {\"cpu_s\": 7, "
 	    "\"nofile\": 64, \"as_mb\": 512}}");
 	/* Past the SQL check, as an UPDATE by hand could be. */
 	PQclear(th_exec(db.conn, "UPDATE eav.tools SET config = jsonb_set("
 	    "config, '{env}', '[\"RECORDER_DSN\", \"EAV_DSN\", \"PGPASSWORD\", "
 	    "\"EAV_TEST_CANARY\"]') WHERE name = 'rec.iso'", 0));
-	conf(&e, &db, "exec10", 1, 4);
-	start_up(&e, &db, 1);
+	th_far_conf(&e, &db, "exec10", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(path, sizeof(path), "%s/%s.pid", th_tmpdir(), db.name);
 	snprintf(input, sizeof(input), "{\"mode\": \"hold\", \"ms\": 3000, "
 	    "\"pidfile\": \"%s\"}", path);
-	step = enqueue(db.conn, "rec.iso", input, 1);
-	ck_assert_int_eq(read_pidfile(path, &pid, NULL), 0);
-	assert_fds(pid);
+	step = th_enqueue(db.conn, "rec.iso", input, 1);
+	ck_assert_int_eq(th_read_pidfile(path, &pid, NULL), 0);
+	th_assert_fds(pid);
 	assert_environ(pid);
-	ck_assert_int_eq(proc_stat(pid, &state, &pg), 0);
+	ck_assert_int_eq(th_proc_stat(pid, &state, &pg), 0);
 	ck_assert_int_eq(pg, pid);
 	ck_assert_int_ne(pg, getpgrp());
 	assert_limit(pid, "Max cpu time", "7");
 	assert_limit(pid, "Max open files", "64");
 	assert_limit(pid, "Max address space", "536870912");
-	wait_state(db.conn, &e, step, "succeeded");
+	th_wait_state(db.conn, &e, step, "succeeded");
 	ck_assert(th_log_contains(&e, "not passing EAV_DSN"));
 	ck_assert(th_log_contains(&e, "not passing PGPASSWORD"));
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -861,65 +514,14 @@ END_TEST
 static int
 wait_live(const char *mark, const char *step, int timeout_ms)
 {
-	long long	deadline = now_ms() + timeout_ms;
+	long long	deadline = th_now_ms() + timeout_ms;
 
-	while (count_live(mark, step, "1") == 0) {
-		if (now_ms() > deadline)
+	while (th_count_live(mark, step, "1") == 0) {
+		if (th_now_ms() > deadline)
 			return 0;
-		pause_ms(5);
+		th_pause_ms(5);
 	}
 	return 1;
-}
-
-/* A call in progress: its step, claim and worker. */
-struct call {
-	char	step[24];
-	char	epoch[24];
-	char	attempt[16];
-	pid_t	owner;
-};
-
-/* True if pid is a live child of eavd (so a stale pid is never shot). */
-static int
-child_of(pid_t pid, pid_t eavd)
-{
-	char	path[64], buf[1024], *p, state;
-	int	ppid;
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	if (read_file(path, buf, sizeof(buf)) <= 0 ||
-	    (p = strrchr(buf, ')')) == NULL ||
-	    sscanf(p + 1, " %c %d", &state, &ppid) != 2)
-		return 0;
-	return state != 'Z' && (pid_t)ppid == eavd;
-}
-
-/*
- * Picks a call of tool claimed at least min_ms ago (so its program has
- * likely started), run by a live worker.  1, or 0 if there is none now.
- */
-static int
-pick_call(PGconn *c, pid_t eavd, const char *tool, const char *min_ms,
-    struct call *k)
-{
-	PGresult	*res;
-	int		 found = 0;
-
-	res = th_exec(c, "SELECT id, claim_epoch, attempt, owner_pid FROM "
-	    "eav.steps WHERE state = 'running' AND tool = $1 AND "
-	    "claimed_at <= now() - make_interval(secs => $2::int / 1000.0) "
-	    "ORDER BY random() LIMIT 1", 2, tool, min_ms);
-	if (PQntuples(res) == 1) {
-		snprintf(k->step, sizeof(k->step), "%s", PQgetvalue(res, 0, 0));
-		snprintf(k->epoch, sizeof(k->epoch), "%s",
-		    PQgetvalue(res, 0, 1));
-		snprintf(k->attempt, sizeof(k->attempt), "%s",
-		    PQgetvalue(res, 0, 2));
-		k->owner = (pid_t)atoi(PQgetvalue(res, 0, 3));
-		found = child_of(k->owner, eavd);
-	}
-	PQclear(res);
-	return found;
 }
 
 /*
@@ -929,7 +531,7 @@ pick_call(PGconn *c, pid_t eavd, const char *tool, const char *min_ms,
  * program must already be dead: its group was killed before reconcile.
  */
 static int
-kill_call(PGconn *c, const struct th_eavd *e, const struct call *k,
+kill_call(PGconn *c, const struct th_eavd *e, const struct th_call *k,
     const char *mark, int *survivors)
 {
 	ck_assert_int_eq(kill(k->owner, SIGKILL), 0);
@@ -941,7 +543,7 @@ kill_call(PGconn *c, const struct th_eavd *e, const struct call *k,
 	    "step_id = $1::bigint AND claim_epoch = $2::bigint AND "
 	    "detected_by = 'worker_exit'", 2, k->step, k->epoch) == 0)
 		return 0;
-	*survivors += count_live(mark, k->step, k->attempt);
+	*survivors += th_count_live(mark, k->step, k->attempt);
 	return 1;
 }
 
@@ -964,36 +566,37 @@ START_TEST(test_exec_kill_idempotent)
 {
 	struct th_db	 db;
 	struct th_eavd	 e;
-	struct call	 k;
+	struct th_call	 k;
 	char		 mark[128], age[16];
-	long long	 start = now_ms(), steps, deliveries, effects;
+	long long	 start = th_now_ms(), steps, deliveries, effects;
 	int		 kills = 0, interrupted = 0, survivors = 0;
 
-	far_db(&db);
-	marker(&db, mark, sizeof(mark));
+	th_far_db(&db);
+	th_marker(&db, mark, sizeof(mark));
 	srandom((unsigned)getpid());
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
-	conf(&e, &db, "execk1", 4, 1);
-	start_up(&e, &db, 4);
+	th_far_conf(&e, &db, "execk1", 4, 1);
+	th_eavd_up(&e, db.conn, 4);
 	while (interrupted < KILLS) {
-		ck_assert_msg(now_ms() - start < KILL_MS, "only %d of %d kills "
-		    "interrupted a call (log %s)", interrupted, kills, e.log);
+		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d of %d "
+		    "kills interrupted a call (log %s)", interrupted, kills,
+		    e.log);
 		if (th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 		    "state IN ('pending', 'running')", 0) < 8)
 			PQclear(th_exec(db.conn, record_sql, 2, "rec", "8"));
 		/* Some kills land before the effect, some after it. */
 		snprintf(age, sizeof(age), "%ld", 30 + random() % 220);
-		if (!pick_call(db.conn, e.pid, "rec", age, &k)) {
-			pause_ms(5);
+		if (!th_pick_call(db.conn, e.pid, "rec", age, &k)) {
+			th_pause_ms(5);
 			continue;
 		}
 		kills++;
 		interrupted += kill_call(db.conn, &e, &k, mark, &survivors);
-		pause_ms(10 + random() % 30);
+		th_pause_ms(10 + random() % 30);
 	}
 	ck_assert_int_eq(survivors, 0);
-	wait_settled(db.conn, &e, "rec", (int)(start + KILL_TOTAL_MS -
-	    now_ms()));
+	th_wait_settled(db.conn, &e, "rec", (int)(start + KILL_TOTAL_MS -
+	    th_now_ms()));
 	steps = th_ll(db.conn, "SELECT count(*) FROM eav.steps", 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps "
 	    "WHERE state <> 'succeeded'", 0), 0);
@@ -1008,12 +611,12 @@ START_TEST(test_exec_kill_idempotent)
 	ck_assert_int_ge(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes WHERE detected_by = 'worker_exit'", 0),
 	    KILLS);
-	assert_sound(db.conn);
+	th_assert_sound(db.conn);
 	printf("exec kills: %d kills, %d calls interrupted, %lld steps, "
 	    "%lld deliveries, %lld effects, deliveries/effects %.3f\n", kills,
 	    interrupted, steps, deliveries, effects,
 	    (double)deliveries / (double)effects);
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -1029,33 +632,33 @@ START_TEST(test_exec_kill_non_idempotent)
 {
 	struct th_db	 db;
 	struct th_eavd	 e;
-	struct call	 k;
+	struct th_call	 k;
 	char		 mark[128], age[16];
-	long long	 start = now_ms();
+	long long	 start = th_now_ms();
 	int		 interrupted = 0, survivors = 0;
 
-	far_db(&db);
-	marker(&db, mark, sizeof(mark));
+	th_far_db(&db);
+	th_marker(&db, mark, sizeof(mark));
 	srandom((unsigned)getpid());
 	reg(db.conn, "rec.every", 1, 0, 30000, NULL);
-	conf(&e, &db, "execk2", 3, 1);
-	start_up(&e, &db, 3);
+	th_far_conf(&e, &db, "execk2", 3, 1);
+	th_eavd_up(&e, db.conn, 3);
 	while (interrupted < HELD_KILLS) {
-		ck_assert_msg(now_ms() - start < KILL_MS, "only %d calls "
+		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d calls "
 		    "interrupted (log %s)", interrupted, e.log);
 		if (th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 		    "state IN ('pending', 'running')", 0) < 3)
 			PQclear(th_exec(db.conn, record_sql, 2, "rec.every",
 			    "3"));
 		snprintf(age, sizeof(age), "%ld", 30 + random() % 220);
-		if (!pick_call(db.conn, e.pid, "rec.every", age, &k)) {
-			pause_ms(5);
+		if (!th_pick_call(db.conn, e.pid, "rec.every", age, &k)) {
+			th_pause_ms(5);
 			continue;
 		}
 		interrupted += kill_call(db.conn, &e, &k, mark, &survivors);
 	}
 	ck_assert_int_eq(survivors, 0);
-	wait_settled(db.conn, &e, "rec.every", DEADLINE_MS);
+	th_wait_settled(db.conn, &e, "rec.every", DEADLINE_MS);
 	/* Workers keep working; the held steps stay held, claimed once. */
 	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', '{}', "
 	    "'default', 'after') FROM generate_series(1, 20)", 0));
@@ -1072,13 +675,13 @@ START_TEST(test_exec_kill_non_idempotent)
 	    "far_deliveries d WHERE d.step = s.id) > 1 OR (s.state = 'held' "
 	    "AND NOT EXISTS (SELECT 1 FROM eav.alarms a WHERE a.subject = "
 	    "'step:' || s.id AND a.state = 'open')))", 0), 0);
-	assert_sound(db.conn);
+	th_assert_sound(db.conn);
 	printf("exec non-idempotent kills: %d calls interrupted, %lld held, "
 	    "%lld deliveries to them\n", interrupted, th_ll(db.conn,
 	    "SELECT count(*) FROM eav.steps WHERE state = 'held'", 0),
 	    th_ll(db.conn, "SELECT count(*) FROM far_deliveries d JOIN "
 	    "eav.steps s ON s.id = d.step WHERE s.state = 'held'", 0));
-	stop_ok(&e);
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -1094,34 +697,34 @@ START_TEST(test_exec_kill_no_grandchild)
 {
 	struct th_db	 db;
 	struct th_eavd	 e;
-	struct call	 k;
+	struct th_call	 k;
 	const char	*step;
 	char		 input[512], path[256], mark[128], state;
 	pid_t		 pid, child, pg;
 
-	far_db(&db);
-	marker(&db, mark, sizeof(mark));
+	th_far_db(&db);
+	th_marker(&db, mark, sizeof(mark));
 	reg(db.conn, "rec.once", 0, 0, 60000, NULL);
-	conf(&e, &db, "execk3", 1, 4);
-	start_up(&e, &db, 1);
+	th_far_conf(&e, &db, "execk3", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
 	snprintf(path, sizeof(path), "%s/%s.pid", th_tmpdir(), db.name);
 	snprintf(input, sizeof(input), "{\"mode\": \"grandchild\", \"ms\": "
 	    "60000, \"pidfile\": \"%s\"}", path);
-	step = enqueue(db.conn, "rec.once", input, 5);
-	ck_assert_int_eq(read_pidfile(path, &pid, &child), 0);
-	ck_assert_int_eq(proc_stat(child, &state, &pg), 0);
+	step = th_enqueue(db.conn, "rec.once", input, 5);
+	ck_assert_int_eq(th_read_pidfile(path, &pid, &child), 0);
+	ck_assert_int_eq(th_proc_stat(child, &state, &pg), 0);
 	ck_assert_int_eq(pg, pid);
-	ck_assert_int_eq(count_live(mark, NULL, NULL), 2);
-	ck_assert(pick_call(db.conn, e.pid, "rec.once", "0", &k));
+	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 2);
+	ck_assert(th_pick_call(db.conn, e.pid, "rec.once", "0", &k));
 	ck_assert_str_eq(k.step, step);
 	ck_assert_int_eq(kill_call(db.conn, &e, &k, mark, &(int){ 0 }), 1);
-	ck_assert_msg(gone(pid, mark) && gone(child, mark), "program %d or "
-	    "its child %d outlived the worker's reconcile", (int)pid,
+	ck_assert_msg(th_gone(pid, mark) && th_gone(child, mark), "program %d "
+	    "or its child %d outlived the worker's reconcile", (int)pid,
 	    (int)child);
-	ck_assert_int_eq(count_live(mark, NULL, NULL), 0);
-	ck_assert(th_log_contains(&e, "of its exec tool"));
-	wait_state(db.conn, &e, step, "held");
-	stop_ok(&e);
+	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 0);
+	ck_assert(th_log_contains(&e, "of its tool (exec program"));
+	th_wait_state(db.conn, &e, step, "held");
+	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
 END_TEST
@@ -1140,14 +743,14 @@ START_TEST(test_exec_shutdown_waits)
 	char		 mark[128];
 	int		 status;
 
-	far_db(&db);
-	marker(&db, mark, sizeof(mark));
+	th_far_db(&db);
+	th_marker(&db, mark, sizeof(mark));
 	reg(db.conn, "rec", 0, 1, 30000, NULL);
-	conf(&e, &db, "exec11", 1, 4);
-	start_up(&e, &db, 1);
-	step = enqueue(db.conn, "rec", "{\"mode\": \"sleep\", \"ms\": 1500}",
+	th_far_conf(&e, &db, "exec11", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "rec", "{\"mode\": \"sleep\", \"ms\": 1500}",
 	    1);
-	wait_state(db.conn, &e, step, "running");
+	th_wait_state(db.conn, &e, step, "running");
 	ck_assert_msg(wait_live(mark, step, DEADLINE_MS), "the program of "
 	    "step %s never ran (log %s)", step, e.log);
 	status = th_eavd_stop(&e, SIGTERM, DEADLINE_MS);
@@ -1270,8 +873,9 @@ START_TEST(test_exec_config_refused)
 	assert_refused(db.conn, "SELECT eav.tool_register('new.tool', 'exec', "
 	    "$1::jsonb, true)", bad_configs[_i].config, bad_configs[_i].want);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
-	    "name = 'bad.tool' AND config = '{\"argv\": [\"/bin/true\"], "
-	    "\"env\": [], \"rlimits\": {}, \"max_output_bytes\": 65536}'", 0),
+	    "name = 'bad.tool' AND config - 'health' = '{\"argv\": "
+	    "[\"/bin/true\"], \"env\": [], \"rlimits\": {}, "
+	    "\"max_output_bytes\": 65536}'", 0),
 	    1);
 	th_db_free(&db);
 }
@@ -1302,8 +906,8 @@ START_TEST(test_exec_config_bounds)
 	    "jsonb_build_object('argv', jsonb_build_array('/bin/true'), "
 	    "'env', jsonb_build_array(repeat('V', 129))), true)", NULL,
 	    "not a variable name");
-	assert_refused(db.conn, "SELECT eav.tool_register('x', 'http', "
-	    "'{\"url\": \"http://127.0.0.1/\"}', true)", NULL, "not supported");
+	assert_refused(db.conn, "SELECT eav.tool_register('x', 'ftp', "
+	    "'{\"url\": \"ftp://127.0.0.1/\"}', true)", NULL, "not supported");
 	assert_refused(db.conn, "SELECT eav.tool_register('x', 'exec', "
 	    "'{\"argv\": [\"/bin/true\"]}', true, 0)", NULL, "timeout_ms");
 	assert_refused(db.conn, "SELECT eav.tool_register('x', 'exec', "

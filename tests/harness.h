@@ -79,6 +79,46 @@ void		 th_pg_restart_fast(void);
 void		 th_pg_ctl(const char *);
 
 /*
+ * Tools against a far side (tooltest.c): tests/far/recorder and mcpd
+ * record each call in far_deliveries and each effect in far_effects of
+ * the test's database, whose DSN they get as RECORDER_DSN (th_far_db
+ * also puts secrets in the environment that no tool may see).
+ */
+#define TH_TOOL_DEADLINE_MS	30000
+
+/* A call in progress: its step, claim and worker. */
+struct th_call {
+	char	step[24];
+	char	epoch[24];
+	char	attempt[16];
+	pid_t	owner;
+};
+
+void		 th_far_db(struct th_db *);
+void		 th_far_conf(struct th_eavd *, const struct th_db *,
+		    const char *, int, int);
+const char	*th_enqueue(PGconn *, const char *, const char *, int);
+void		 th_wait_state(PGconn *, const struct th_eavd *, const char *,
+		    const char *);
+char		*th_step_error(PGconn *, const char *);
+void		 th_assert_failed(PGconn *, const char *, const char *);
+void		 th_wait_settled(PGconn *, const struct th_eavd *,
+		    const char *, int);
+void		 th_assert_sound(PGconn *);
+ssize_t		 th_read_file(const char *, char *, size_t);
+int		 th_read_pidfile(const char *, pid_t *, pid_t *);
+int		 th_proc_stat(pid_t, char *, pid_t *);
+int		 th_gone(pid_t, const char *);
+int		 th_wait_gone(pid_t, const char *, int);
+void		 th_marker(const struct th_db *, char *, size_t);
+int		 th_env_has(pid_t, const char *);
+int		 th_count_live(const char *, const char *, const char *);
+void		 th_assert_fds(pid_t);
+int		 th_child_of(pid_t, pid_t);
+int		 th_pick_call(PGconn *, pid_t, const char *, const char *,
+		    struct th_call *);
+
+/*
  * One Suite per file.  Weak, so a runner can be linked with a subset of
  * the files (make TEST_SRCS=...); a missing suite is skipped.
  */
@@ -93,5 +133,6 @@ Suite	*suite_ctl(void) __attribute__((weak));
 Suite	*suite_inject(void) __attribute__((weak));
 Suite	*suite_exec(void) __attribute__((weak));
 Suite	*suite_http(void) __attribute__((weak));
+Suite	*suite_mcp(void) __attribute__((weak));
 
 #endif

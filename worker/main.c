@@ -23,6 +23,7 @@
 #include "inject.h"
 #include "inject_db.h"
 #include "log.h"
+#include "toolproc.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -145,9 +146,10 @@ worker_ctl_send(const char *what, long long n)
 }
 
 /*
- * Stops claiming; running steps finish or are released.  An exec call
- * cannot be interrupted without making its outcome unknown, so it is
- * waited for (eavd SIGKILLs us after shutdown_grace).
+ * Stops claiming; running steps finish or are released.  An exec or MCP
+ * call cannot be interrupted without making its outcome unknown, so it is
+ * waited for (eavd SIGKILLs us after shutdown_grace); MCP servers are
+ * closed once their calls are answered.
  */
 void
 worker_stop(struct worker *w, const char *why)
@@ -157,20 +159,25 @@ worker_stop(struct worker *w, const char *why)
 	if (w->stopping)
 		return;
 	w->stopping = 1;
-	log_info("stopping (%s) running=%d exec=%d http=%d", why,
-	    w->nrunning, exec_running(), http_running());
+	log_info("stopping (%s) running=%d exec=%d http=%d mcp=%d", why,
+	    w->nrunning, exec_running(), http_running(), mcp_running());
 	TAILQ_FOREACH_SAFE(s, &w->running, entry, next)
 		(void)tool_cancel(s);
+	mcp_shutdown(w);
 	if (w->ndone > 0 && db_is_connected(&w->db))
 		(void)cycle_flush(w);
 	worker_maybe_exit(w);
 }
 
-/* Leaves the loop once nothing is running or waiting for completion. */
+/*
+ * Leaves the loop once nothing is running or waiting for completion, and
+ * every MCP server is closed.
+ */
 void
 worker_maybe_exit(struct worker *w)
 {
-	if (w->stopping && w->nrunning == 0 && w->ndone == 0)
+	if (w->stopping && w->nrunning == 0 && w->ndone == 0 &&
+	    mcp_servers() == 0)
 		event_base_loopexit(w->base, NULL);
 }
 
@@ -237,7 +244,7 @@ main(int argc, char **argv)
 	inject_db_init(w.cfg.dsn, w.actor, w.incarnation, 1);
 	w.queues = queues_literal(w.cfg.worker_queues);
 	worker_events(&w);
-	exec_init(&w);
+	toolproc_init(&w);
 	cycle_init(&w);
 	conn_init(&w);
 	if (conn_open(&w) == -1)

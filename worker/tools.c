@@ -1,5 +1,6 @@
 /*
- * Built-in tools, and the dispatch to the other kinds (exec: tool_exec.c).
+ * Built-in tools, and the dispatch to the other kinds (exec: tool_exec.c,
+ * mcp: tool_mcp.c).
  * noop, fail and ledger.transfer finish at once (ledger's effect runs at
  * completion, in the same transaction); sleep is a timer on the worker's
  * loop, so many run side by side.  A tool's input arrives already parsed;
@@ -104,6 +105,10 @@ tool_start(struct worker *w, struct step *s)
 		http_start(w, s);
 		return;
 	}
+	if (strcmp(s->kind, "mcp") == 0) {
+		mcp_start(w, s);
+		return;
+	}
 	if (strcmp(s->builtin, "ledger.transfer") == 0) {
 		/* The effect runs at flush, in the completing transaction. */
 		step_finish(s, OUT_LEDGER, NULL, NULL);
@@ -125,12 +130,14 @@ tool_start(struct worker *w, struct step *s)
 
 /*
  * Interrupts a running step on shutdown if its tool allows it: a sleep
- * that is cut short has had no effect, so the step is released.  Returns
- * 1 if the step was released.
+ * that is cut short, or an MCP call not sent yet, has had no effect, so
+ * the step is released.  Returns 1 if the step was released.
  */
 int
 tool_cancel(struct step *s)
 {
+	if (strcmp(s->kind, "mcp") == 0)
+		return mcp_cancel(s);
 	if (strcmp(s->builtin, "sleep") != 0 || s->timer == NULL)
 		return 0;
 	event_del(s->timer);

@@ -111,13 +111,19 @@ void	tool_start(struct worker *, struct step *);
 int	tool_cancel(struct step *);
 
 /* tool_exec.c */
-void	exec_init(struct worker *);
 void	exec_start(struct worker *, struct step *);
 int	exec_running(void);
 
 /* tool_http.c */
 void	http_start(struct worker *, struct step *);
 int	http_running(void);
+
+/* tool_mcp.c */
+void	mcp_start(struct worker *, struct step *);
+int	mcp_cancel(struct step *);
+void	mcp_shutdown(struct worker *);
+int	mcp_running(void);
+int	mcp_servers(void);
 
 /* main.c */
 void	worker_stop(struct worker *, const char *);

@@ -1,0 +1,647 @@
+/*
+ * The mcp tool, for real: eavd's workers run tests/far/mcpd (built into
+ * the build directory) as the MCP server of tools registered through
+ * eav.tool_register.  One test per outcome mapping (a result, isError,
+ * JSON-RPC errors by code, the server crashing mid-call, breaking the
+ * protocol, timing out, failing its handshake, answering too much), what
+ * the server can see, and SIGKILLs of the worker in the middle of calls:
+ * the server's whole group dies before the step is reconciled, and an
+ * idempotent far side has at most one effect per key.
+ */
+#include <sys/wait.h>
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <libpq-fe.h>
+
+#include "harness.h"
+
+#define DEADLINE_MS	TH_TOOL_DEADLINE_MS
+#define KILLS		20
+#define KILL_MS		100000	/* deadline of the kills */
+#define KILL_TOTAL_MS	150000	/* and of the drain (timeout 200 s) */
+#define MAX_GROUPS	64
+
+/* Registers mcpd as the server of tool name (its tool "far"). */
+static const char register_sql[] =
+    "SELECT eav.tool_register($1, 'mcp', jsonb_build_object('argv',"
+    " jsonb_build_array($2::text, '--marker=' || current_database())"
+    " || $3::jsonb, 'env', '[\"RECORDER_DSN\"]'::jsonb, 'tool', 'far')"
+    " || $4::jsonb, $5::boolean, $6::int)";
+
+/* Registers mcpd; flags: a JSON array of its flags; extra: more config. */
+static void
+reg(PGconn *c, const char *name, const char *flags, int idempotent,
+    int timeout_ms, const char *extra)
+{
+	char	t[16];
+
+	snprintf(t, sizeof(t), "%d", timeout_ms);
+	PQclear(th_exec(c, register_sql, 6, name, th_bin("mcpd"),
+	    flags ? flags : "[]", extra ? extra : "{}",
+	    idempotent ? "true" : "false", t));
+}
+
+/* Counts the unknown outcomes of step with detected_by and a reason. */
+static long long
+unknowns(PGconn *c, const char *step, const char *by, const char *like)
+{
+	return th_ll(c, "SELECT count(*) FROM eav.unknown_outcomes u JOIN "
+	    "eav.audit_events a ON a.step_id = u.step_id AND a.type = "
+	    "'tool_call.unknown' AND a.payload->>'reason' = u.reason AND "
+	    "(a.payload->>'epoch')::bigint = u.claim_epoch WHERE "
+	    "u.step_id = $1::bigint AND u.detected_by = $2 AND u.reason LIKE "
+	    "$3", 3, step, by, like);
+}
+
+/* The pid of the server that answered a succeeded step. */
+static long long
+server_pid(PGconn *c, const char *step)
+{
+	return th_ll(c, "SELECT (result->'structuredContent'->>'pid')::int "
+	    "FROM eav.steps WHERE id = $1::bigint AND state = 'succeeded'", 1,
+	    step);
+}
+
+/*
+ * A result is stored whole: the MCP result object, its structuredContent
+ * naming the step's key.  Calls in flight together on one server are
+ * answered out of order.
+ */
+START_TEST(test_mcp_succeeded)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		 slow[24], mid[24], fast[24];
+
+	th_far_db(&db);
+	reg(db.conn, "far", NULL, 1, 30000, NULL);
+	th_far_conf(&e, &db, "mcp1", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(slow, sizeof(slow), "%s", th_enqueue(db.conn, "far",
+	    "{\"ms\": 900, \"s\": \"caf\\u00e9\"}", 1));
+	snprintf(mid, sizeof(mid), "%s", th_enqueue(db.conn, "far",
+	    "{\"ms\": 400}", 1));
+	snprintf(fast, sizeof(fast), "%s", th_enqueue(db.conn, "far", "{}",
+	    1));
+	th_wait_settled(db.conn, &e, "far", DEADLINE_MS);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps s "
+	    "JOIN far_effects f ON f.key = s.idempotency_key AND f.step = s.id "
+	    "WHERE s.state = 'succeeded' AND s.attempt = 1 AND "
+	    "s.result->'structuredContent'->>'key' = s.idempotency_key AND "
+	    "s.result->'structuredContent'->'arguments' = s.input AND "
+	    "s.result->'content'->0->>'type' = 'text' AND "
+	    "s.result->>'isError' = 'false'", 0), 3);
+	/* One server; the fast call was answered first. */
+	ck_assert_int_eq(server_pid(db.conn, slow), server_pid(db.conn, fast));
+	ck_assert_int_eq(server_pid(db.conn, mid), server_pid(db.conn, fast));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps a, "
+	    "eav.steps b WHERE a.id = $1::bigint AND b.id = $2::bigint AND "
+	    "a.finished_at < b.finished_at", 2, fast, slow), 1);
+	ck_assert(th_log_contains(&e, "stderr: mcpd: pid"));
+	th_eavd_stop_ok(&e);
+	ck_assert(th_log_contains(&e, "closing its MCP server"));
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * The tool's own error (isError) and JSON-RPC errors: -32602 (invalid
+ * params) fails at once; -32603 (internal) is retried, and succeeds when
+ * the server recovers; a server error that persists fails after
+ * max_attempts.  No result is kept for a failure.
+ */
+/* FM-070 */
+START_TEST(test_mcp_errors)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		 iserr[24], params[24], flaky[24], down[24];
+
+	th_far_db(&db);
+	reg(db.conn, "far", NULL, 1, 30000, NULL);
+	th_far_conf(&e, &db, "mcp2", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(iserr, sizeof(iserr), "%s", th_enqueue(db.conn, "far",
+	    "{\"mode\": \"tool_error\", \"message\": \"no such customer\"}",
+	    3));
+	snprintf(params, sizeof(params), "%s", th_enqueue(db.conn, "far",
+	    "{\"mode\": \"error\", \"code\": -32602, \"message\": \"bad "
+	    "customer id\"}", 3));
+	snprintf(flaky, sizeof(flaky), "%s", th_enqueue(db.conn, "far",
+	    "{\"mode\": \"error\", \"code\": -32603, \"until_attempt\": 2}",
+	    3));
+	snprintf(down, sizeof(down), "%s", th_enqueue(db.conn, "far",
+	    "{\"mode\": \"error\", \"code\": -32001, \"message\": \"busy\"}",
+	    2));
+	th_wait_settled(db.conn, &e, "far", DEADLINE_MS);
+	th_assert_failed(db.conn, iserr, "the MCP tool reported an error: no "
+	    "such customer");
+	th_assert_failed(db.conn, params, "MCP error -32602: bad customer id");
+	th_assert_failed(db.conn, down, "MCP error -32001: busy");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
+	    "WHERE step_id IN ($1::bigint, $2::bigint) AND type = "
+	    "'step.claimed'", 2, iserr, params), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint AND state = 'succeeded' AND attempt = 2", 1,
+	    flaky), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
+	    "WHERE step_id = $1::bigint AND type = 'step.retry_scheduled'", 1,
+	    down), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 0);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * The server dies in the middle of a call, after its effect: unknown
+ * (tool_lost).  Idempotent: retried with the same key on a new server
+ * (the far side dedupes: one effect); not idempotent: held with an
+ * alarm, never called again by itself.
+ */
+/* FM-043 */
+START_TEST(test_mcp_crash)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		 again[24], once[24];
+
+	th_far_db(&db);
+	reg(db.conn, "far", NULL, 1, 30000, NULL);
+	reg(db.conn, "far.once", NULL, 0, 30000, NULL);
+	th_far_conf(&e, &db, "mcp3", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(again, sizeof(again), "%s", th_enqueue(db.conn, "far",
+	    "{\"mode\": \"crash\", \"until_attempt\": 2}", 3));
+	th_wait_state(db.conn, &e, again, "succeeded");
+	ck_assert_int_eq(unknowns(db.conn, again, "tool_lost",
+	    "the MCP server %"), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps s "
+	    "JOIN far_deliveries d ON d.step = s.id AND d.key = "
+	    "s.idempotency_key WHERE s.id = $1::bigint", 1, again), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM far_effects", 0),
+	    1);
+	/* The second attempt ran on a new server. */
+	ck_assert_int_ne(server_pid(db.conn, again), th_ll(db.conn, "SELECT "
+	    "pid FROM far_deliveries WHERE step = $1::bigint AND attempt = 1",
+	    1, again));
+	snprintf(once, sizeof(once), "%s", th_enqueue(db.conn, "far.once",
+	    "{\"mode\": \"crash\", \"signal\": 9}", 3));
+	th_wait_state(db.conn, &e, once, "held");
+	ck_assert_int_eq(unknowns(db.conn, once, "tool_lost", "the MCP "
+	    "server %"), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps s "
+	    "JOIN eav.alarms a ON a.subject = 'step:' || s.id WHERE s.id = "
+	    "$1::bigint AND s.held_reason = 'unknown_outcome' AND a.state = "
+	    "'open' AND s.result IS NULL", 1, once), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM far_deliveries "
+	    "WHERE step = $1::bigint", 1, once), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
+	    "eav.processes", 0), 0);
+	th_assert_sound(db.conn);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/* Protocol breaches in the middle of a call, and the word each gives. */
+static const struct {
+	const char	*input;
+	const char	*reason;
+} breaches[] = {
+	{ "{\"mode\": \"garbage\"}", "the MCP server sent invalid JSON-RPC: "
+	    "%" },
+	{ "{\"mode\": \"wrong_id\"}", "the MCP server answered id %, which no "
+	    "request in flight has" },
+	{ "{\"mode\": \"unsolicited\"}", "the MCP server answered id 999999, "
+	    "which no request in flight has" },
+};
+
+/*
+ * The server sends a line that is not JSON, answers the wrong id, or
+ * answers an id never asked while a call is in flight: the call's
+ * outcome is unknown (tool_lost) with the reason audited, nothing of the
+ * answer is kept, the server is replaced, and the worker goes on.
+ */
+/* FM-071 */
+START_TEST(test_mcp_protocol_broken)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		 step[24];
+	long long	 worker;
+
+	th_far_db(&db);
+	reg(db.conn, "far.once", NULL, 0, 30000, NULL);
+	th_far_conf(&e, &db, "mcp4", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(step, sizeof(step), "%s", th_enqueue(db.conn, "far.once",
+	    breaches[_i].input, 3));
+	th_wait_state(db.conn, &e, step, "held");
+	ck_assert_int_eq(unknowns(db.conn, step, "tool_lost",
+	    breaches[_i].reason), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint AND result IS NULL", 1, step), 1);
+	worker = th_ll(db.conn, "SELECT owner_pid FROM eav.unknown_outcomes "
+	    "WHERE step_id = $1::bigint", 1, step);
+	/* The same worker goes on, on a new server. */
+	snprintf(step, sizeof(step), "%s", th_enqueue(db.conn, "far.once",
+	    "{}", 1));
+	th_wait_state(db.conn, &e, step, "succeeded");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT owner_pid FROM eav.steps WHERE "
+	    "id = $1::bigint", 1, step), worker);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
+	    "eav.processes", 0), 0);
+	ck_assert(th_log_contains(&e, "killing its process group"));
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A call past the tool's timeout_ms: unknown (tool_timeout); the server
+ * is killed (its late answer could not be trusted), and the retry with
+ * the same key runs on a new one; with the attempts spent, held.
+ */
+/* FM-072 */
+START_TEST(test_mcp_timeout)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	const char	*step;
+
+	th_far_db(&db);
+	reg(db.conn, "far.slow", NULL, 1, 500, NULL);
+	th_far_conf(&e, &db, "mcp5", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "far.slow", "{\"mode\": \"hang\"}", 2);
+	th_wait_state(db.conn, &e, step, "held");
+	ck_assert_int_eq(unknowns(db.conn, step, "tool_timeout", "timed out "
+	    "after 500 ms%"), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT pid) FROM "
+	    "far_deliveries d JOIN eav.steps s ON s.id = d.step AND "
+	    "s.idempotency_key = d.key WHERE s.id = $1::bigint", 1, step), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM far_effects", 0),
+	    1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint AND held_reason = 'attempts_exhausted'", 1, step),
+	    1);
+	th_assert_sound(db.conn);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/* Servers that never get to a call, and the error each leaves. */
+static const struct {
+	const char	*flags;
+	const char	*config;
+	const char	*error;
+} no_start[] = {
+	{ "[\"--init-error\"]", "{}", "not sent: the MCP server did not "
+	    "start: initialize failed: MCP error -32603: initialize refused "
+	    "on purpose" },
+	{ "[\"--init-hang\"]", "{\"init_timeout_ms\": 300}", "not sent: the "
+	    "MCP server did not start: no answer to initialize within 300 ms" },
+	{ "[\"--exit-after-init\"]", "{}", "not sent: the MCP server did not "
+	    "start: " },
+	{ "[]", "{\"argv\": [\"/nonexistent/eav-mcp-server\"]}", "not sent: "
+	    "the MCP server did not start: cannot run "
+	    "/nonexistent/eav-mcp-server: execve: No such file or directory" },
+	{ "[]", "{\"tool\": \"nope\"}", "the MCP server has no tool \"nope\"" },
+};
+
+/*
+ * The server cannot start, fails or never answers its initialize, or
+ * lacks the tool: the call was never sent, so the step is retried (no
+ * unknown outcome) and fails once its attempts are spent; a missing tool
+ * fails at once.  The far side saw no call.
+ */
+/* FM-073 */
+START_TEST(test_mcp_no_start)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	const char	*step;
+
+	th_far_db(&db);
+	reg(db.conn, "far", no_start[_i].flags, 1, 30000,
+	    no_start[_i].config);
+	th_far_conf(&e, &db, "mcp6", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "far", "{}", 2);
+	th_wait_state(db.conn, &e, step, "failed");
+	th_assert_failed(db.conn, step, no_start[_i].error);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM far_deliveries",
+	    0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
+	    "WHERE step_id = $1::bigint AND type = 'step.claimed'", 1, step),
+	    strstr(no_start[_i].error, "no tool") != NULL ? 1 : 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT sum(restarts) FROM "
+	    "eav.processes", 0), 0);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A result larger than max_output_bytes fails the call; a message so
+ * large it passes the line cap too (max_output_bytes + 64 KiB) cannot
+ * even be read whole: the server is lost, the outcome unknown.
+ */
+/* FM-074 */
+START_TEST(test_mcp_output_cap)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		 at[24], over[24], huge[24];
+
+	th_far_db(&db);
+	reg(db.conn, "far.small", NULL, 0, 30000, "{\"max_output_bytes\": "
+	    "1000}");
+	th_far_conf(&e, &db, "mcp7", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(at, sizeof(at), "%s", th_enqueue(db.conn, "far.small",
+	    "{\"mode\": \"big\", \"bytes\": 900}", 1));
+	th_wait_state(db.conn, &e, at, "succeeded");
+	snprintf(over, sizeof(over), "%s", th_enqueue(db.conn, "far.small",
+	    "{\"mode\": \"big\", \"bytes\": 2000}", 1));
+	th_wait_state(db.conn, &e, over, "failed");
+	th_assert_failed(db.conn, over, "result larger than 1000 bytes");
+	snprintf(huge, sizeof(huge), "%s", th_enqueue(db.conn, "far.small",
+	    "{\"mode\": \"big\", \"bytes\": 200000}", 1));
+	th_wait_state(db.conn, &e, huge, "held");
+	ck_assert_int_eq(unknowns(db.conn, huge, "tool_lost", "the MCP server "
+	    "sent a message larger than 66536 bytes"), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT length(result->'content'->0->>"
+	    "'text') FROM eav.steps WHERE id = $1::bigint", 1, at), 900);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/* Asserts the server's environment is empty. */
+static void
+assert_environ(pid_t pid)
+{
+	char	path[64], buf[16384];
+	ssize_t	n;
+
+	snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+	ck_assert_int_ge(n = th_read_file(path, buf, sizeof(buf)), 0);
+	ck_assert_msg(n == 0, "the MCP server got %s", buf);
+}
+
+/*
+ * What the server sees: fds 0-2 only (not the worker's libpq socket),
+ * its allowlist only (not EAV_DSN, PGPASSWORD or an EAV_* secret, even
+ * if a hand-edited config names them: here its environment is empty,
+ * so it records nothing and opens no descriptor of its own), a process
+ * group of its own.
+ */
+/* FM-075 */
+START_TEST(test_mcp_isolation)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	const char	*step;
+	char		 state;
+	pid_t		 pid, pg;
+
+	th_far_db(&db);
+	reg(db.conn, "far.iso", NULL, 1, 30000, NULL);
+	PQclear(th_exec(db.conn, "UPDATE eav.tools SET config = jsonb_set("
+	    "config, '{env}', '[\"EAV_DSN\", \"PGPASSWORD\", "
+	    "\"EAV_TEST_CANARY\"]') WHERE name = 'far.iso'", 0));
+	th_far_conf(&e, &db, "mcp8", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "far.iso", "{}", 1);
+	th_wait_state(db.conn, &e, step, "succeeded");
+	pid = (pid_t)server_pid(db.conn, step);
+	th_assert_fds(pid);
+	assert_environ(pid);
+	ck_assert_int_eq(th_proc_stat(pid, &state, &pg), 0);
+	ck_assert_int_eq(pg, pid);
+	ck_assert_int_ne(pg, getpgrp());
+	ck_assert(th_log_contains(&e, "not passing EAV_DSN"));
+	ck_assert(th_log_contains(&e, "not passing PGPASSWORD"));
+	th_eavd_stop_ok(&e);
+	ck_assert(th_wait_gone(pid, "--marker=", 5000));
+	th_db_free(&db);
+}
+END_TEST
+
+/* The process groups of pid's children (a worker's MCP servers). */
+static int
+child_groups(pid_t parent, pid_t *groups, int max)
+{
+	DIR		*d = opendir("/proc");
+	struct dirent	*de;
+	char		 path[64], buf[1024], *p, state;
+	int		 n = 0, pid, ppid, pg;
+
+	ck_assert_ptr_nonnull(d);
+	while ((de = readdir(d)) != NULL && n < max) {
+		if ((pid = atoi(de->d_name)) <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+		if (th_read_file(path, buf, sizeof(buf)) <= 0 ||
+		    (p = strrchr(buf, ')')) == NULL ||
+		    sscanf(p + 1, " %c %d %d", &state, &ppid, &pg) != 3)
+			continue;
+		if ((pid_t)ppid == parent && state != 'Z')
+			groups[n++] = (pid_t)pg;
+	}
+	closedir(d);
+	return n;
+}
+
+/* Live processes (of mcpd, by its marker) in any of the groups. */
+static int
+live_in_groups(const pid_t *groups, int n, const char *mark)
+{
+	DIR		*d = opendir("/proc");
+	struct dirent	*de;
+	char		 state;
+	pid_t		 pid, pg;
+	int		 i, live = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((de = readdir(d)) != NULL) {
+		if ((pid = (pid_t)atoi(de->d_name)) <= 0 ||
+		    th_proc_stat(pid, &state, &pg) == -1 || th_gone(pid, mark))
+			continue;
+		for (i = 0; i < n; i++)
+			if (pg == groups[i])
+				live++;
+	}
+	closedir(d);
+	return live;
+}
+
+/*
+ * SIGKILLs the worker of call k and waits until its attempt is closed;
+ * the groups of its servers must be dead by then (eavd kills them before
+ * it reconciles).  Returns 1 if the call was interrupted.
+ */
+static int
+kill_call(PGconn *c, const struct th_eavd *e, const struct th_call *k,
+    const char *mark, int *survivors)
+{
+	pid_t	groups[MAX_GROUPS];
+	int	n = child_groups(k->owner, groups, MAX_GROUPS);
+
+	ck_assert_int_eq(kill(k->owner, SIGKILL), 0);
+	ck_assert_msg(th_wait(c, DEADLINE_MS, "SELECT NOT (state = 'running' "
+	    "AND claim_epoch = $2::bigint) FROM eav.steps WHERE id = "
+	    "$1::bigint", 2, k->step, k->epoch), "step %s was not reconciled "
+	    "(log %s)", k->step, e->log);
+	*survivors += live_in_groups(groups, n, mark);
+	return th_ll(c, "SELECT count(*) FROM eav.unknown_outcomes WHERE "
+	    "step_id = $1::bigint AND claim_epoch = $2::bigint AND "
+	    "detected_by = 'worker_exit'", 2, k->step, k->epoch) > 0;
+}
+
+/* Calls that record after a random pause and answer a random while on. */
+static const char record_sql[] =
+    "SELECT count(eav.enqueue($1, jsonb_build_object('before_ms',"
+    " floor(random() * 150)::int, 'ms', floor(random() * 150)::int),"
+    " 'default', 'k', 1000)) FROM generate_series(1, $2::int)";
+
+/*
+ * SIGKILLs of workers in the middle of MCP calls of an idempotent tool
+ * whose far side dedupes by the _meta key: after each, no process of the
+ * worker's servers' groups is alive once the step is reconciled; at the
+ * end every step succeeded with exactly one effect for its key.
+ */
+/* FM-076 */
+START_TEST(test_mcp_kill_idempotent)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct th_call	 k;
+	char		 mark[128], age[16];
+	long long	 start = th_now_ms(), steps, deliveries, effects;
+	int		 kills = 0, interrupted = 0, survivors = 0;
+
+	th_far_db(&db);
+	th_marker(&db, mark, sizeof(mark));
+	srandom((unsigned)getpid());
+	reg(db.conn, "far", NULL, 1, 30000, NULL);
+	th_far_conf(&e, &db, "mcpk1", 3, 2);
+	th_eavd_up(&e, db.conn, 3);
+	while (interrupted < KILLS) {
+		ck_assert_msg(th_now_ms() - start < KILL_MS, "only %d of %d "
+		    "kills interrupted a call (log %s)", interrupted, kills,
+		    e.log);
+		if (th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+		    "state IN ('pending', 'running')", 0) < 8)
+			PQclear(th_exec(db.conn, record_sql, 2, "far", "8"));
+		snprintf(age, sizeof(age), "%ld", 30 + random() % 220);
+		if (!th_pick_call(db.conn, e.pid, "far", age, &k)) {
+			th_pause_ms(5);
+			continue;
+		}
+		kills++;
+		interrupted += kill_call(db.conn, &e, &k, mark, &survivors);
+		th_pause_ms(10 + random() % 30);
+	}
+	ck_assert_int_eq(survivors, 0);
+	th_wait_settled(db.conn, &e, "far", (int)(start + KILL_TOTAL_MS -
+	    th_now_ms()));
+	steps = th_ll(db.conn, "SELECT count(*) FROM eav.steps", 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps "
+	    "WHERE state <> 'succeeded'", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps s "
+	    "WHERE (SELECT count(*) FROM far_effects f WHERE f.key = "
+	    "s.idempotency_key) <> 1", 0), 0);
+	effects = th_ll(db.conn, "SELECT count(*) FROM far_effects", 0);
+	ck_assert_int_eq(effects, steps);
+	deliveries = th_ll(db.conn, "SELECT count(*) FROM far_deliveries", 0);
+	ck_assert_int_ge(deliveries, effects);
+	th_assert_sound(db.conn);
+	printf("mcp kills: %d kills, %d calls interrupted, %lld steps, "
+	    "%lld deliveries, %lld effects, deliveries/effects %.3f\n", kills,
+	    interrupted, steps, deliveries, effects,
+	    (double)deliveries / (double)effects);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A worker SIGKILLed while its server holds a call and a grandchild in
+ * its group: eavd kills the group before it reconciles the step, so
+ * neither survives (by pid, and by a scan of /proc for mcpd's marker).
+ */
+/* FM-076 */
+START_TEST(test_mcp_kill_no_grandchild)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct th_call	 k;
+	const char	*step;
+	char		 input[640], path[256], mark[128], state;
+	pid_t		 pid, child, pg;
+
+	th_far_db(&db);
+	th_marker(&db, mark, sizeof(mark));
+	reg(db.conn, "far.once", NULL, 0, 60000, NULL);
+	th_far_conf(&e, &db, "mcpk2", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(path, sizeof(path), "%s/%s.pid", th_tmpdir(), db.name);
+	snprintf(input, sizeof(input), "{\"mode\": \"grandchild\", \"ms\": "
+	    "60000, \"pidfile\": \"%s\"}", path);
+	step = th_enqueue(db.conn, "far.once", input, 5);
+	ck_assert_int_eq(th_read_pidfile(path, &pid, &child), 0);
+	ck_assert_int_eq(th_proc_stat(child, &state, &pg), 0);
+	ck_assert_int_eq(pg, pid);
+	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 2);
+	ck_assert(th_pick_call(db.conn, e.pid, "far.once", "0", &k));
+	ck_assert_str_eq(k.step, step);
+	ck_assert_int_eq(kill_call(db.conn, &e, &k, mark, &(int){ 0 }), 1);
+	ck_assert_msg(th_gone(pid, mark) && th_gone(child, mark), "server %d "
+	    "or its child %d outlived the worker's reconcile", (int)pid,
+	    (int)child);
+	ck_assert_int_eq(th_count_live(mark, NULL, NULL), 0);
+	th_wait_state(db.conn, &e, step, "held");
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+Suite *
+suite_mcp(void)
+{
+	Suite	*s = suite_create("mcp");
+	TCase	*tc = tcase_create("mcp");
+	TCase	*kills = tcase_create("kills");
+
+	tcase_add_test(tc, test_mcp_succeeded);
+	tcase_add_test(tc, test_mcp_errors);
+	tcase_add_test(tc, test_mcp_crash);
+	tcase_add_loop_test(tc, test_mcp_protocol_broken, 0,
+	    (int)(sizeof(breaches) / sizeof(breaches[0])));
+	tcase_add_test(tc, test_mcp_timeout);
+	tcase_add_loop_test(tc, test_mcp_no_start, 0,
+	    (int)(sizeof(no_start) / sizeof(no_start[0])));
+	tcase_add_test(tc, test_mcp_output_cap);
+	tcase_add_test(tc, test_mcp_isolation);
+	tcase_set_timeout(tc, 120);
+	suite_add_tcase(s, tc);
+	tcase_add_test(kills, test_mcp_kill_no_grandchild);
+	tcase_add_test(kills, test_mcp_kill_idempotent);
+	tcase_set_timeout(kills, 200);
+	suite_add_tcase(s, kills);
+	return s;
+}

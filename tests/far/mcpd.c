@@ -1,0 +1,499 @@
+/*
+ * mcpd: the far side of the mcp tool in tests, an MCP server on stdio
+ * (JSON-RPC 2.0, one message a line).  It answers initialize, ignores
+ * notifications, lists one tool "far" (and each --tool=NAME), and takes
+ * tools/call of any name.  Every call is a delivery (table
+ * far_deliveries, through its own connection to RECORDER_DSN when it is
+ * set); with the default idempotent far side the effect is one row per
+ * _meta "eav/idempotency_key" (far_effects, INSERT ... ON CONFLICT DO
+ * NOTHING); with --every each delivery is an effect.
+ *
+ * A call waits "before_ms", records, then does what its argument "mode"
+ * says, answering "ms" later (calls wait side by side, so answers may
+ * come out of order):
+ *
+ *   ok           (the default) a result whose structuredContent says what
+ *                was recorded, with the server's pid.
+ *   error        a JSON-RPC error "code" / "message"; from attempt
+ *                "until_attempt" on, ok instead.
+ *   tool_error   a result with isError true and "message" as its text.
+ *   crash        exits with code 3 (or kills itself with "signal")
+ *                without answering; from attempt "until_attempt" on, ok.
+ *   crash_before exits with code 3 before recording anything.
+ *   hang         never answers.
+ *   garbage      writes a line that is not JSON.
+ *   wrong_id     answers with the call's id + 1000.
+ *   unsolicited  writes a response to id 999999, then answers.
+ *   big          a result whose text is "bytes" bytes long.
+ *   grandchild   starts a child that sleeps "grandchild_ms" in its process
+ *                group and writes "<pid> <child pid>" to "pidfile".
+ *
+ * Flags: --init-error (initialize gets an error), --init-hang (it gets no
+ * answer), --exit-after-init (exits once initialize is answered),
+ * --every, --tool=NAME, --marker=TEXT (ignored: for ps).  Built without
+ * sanitizers; exit 2 on a usage error.
+ */
+#include <sys/types.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#define MAX_TOOLS	8
+
+/* A call waiting to record (phase 0) or to answer (phase 1). */
+struct pending {
+	struct pending	*next;
+	long long	 due;
+	int		 phase;
+	json_t		*id;
+	json_t		*args;
+	json_t		*meta;
+	json_t		*recorded;
+};
+
+static int		 every, init_error, init_hang, exit_after_init;
+static const char	*tools[MAX_TOOLS] = { "far" };
+static int		 ntools = 1;
+static struct pending	*pendings;
+static PGconn		*db;
+
+static void	die(const char *, ...) __attribute__((noreturn,
+		    format(printf, 1, 2)));
+static long long now_ms(void);
+static long long num(json_t *, const char *, long long);
+static const char *str(json_t *, const char *, const char *);
+static void	put_line(const char *);
+static void	put_json(json_t *);
+static void	answer(json_t *, json_t *);
+static void	answer_error(json_t *, long long, const char *);
+static json_t	*record(json_t *);
+static void	write_pidfile(const char *, const char *);
+static void	grandchild(json_t *);
+static json_t	*text_result(const char *, json_t *, int);
+static void	act(struct pending *);
+static void	finish(struct pending *);
+static void	schedule(struct pending *, long long, int);
+static void	tools_call(json_t *, json_t *);
+static void	handle(const char *);
+static void	run_due(void);
+static int	next_timeout(void);
+
+static void
+die(const char *fmt, ...)
+{
+	va_list	ap;
+
+	va_start(ap, fmt);
+	fputs("mcpd: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	exit(2);
+}
+
+static long long
+now_ms(void)
+{
+	struct timespec	ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static long long
+num(json_t *in, const char *key, long long dflt)
+{
+	json_t	*v = json_object_get(in, key);
+
+	return json_is_integer(v) ? (long long)json_integer_value(v) : dflt;
+}
+
+static const char *
+str(json_t *in, const char *key, const char *dflt)
+{
+	json_t	*v = json_object_get(in, key);
+
+	return json_is_string(v) ? json_string_value(v) : dflt;
+}
+
+/* Writes one line on stdout, unbuffered (a fork must not copy it). */
+static void
+put_line(const char *text)
+{
+	size_t	len = strlen(text), off = 0;
+	ssize_t	n;
+
+	while (off < len) {
+		n = write(STDOUT_FILENO, text + off, len - off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			exit(1);	/* the worker is gone */
+		off += (size_t)n;
+	}
+	if (write(STDOUT_FILENO, "\n", 1) != 1)
+		exit(1);
+}
+
+/* Writes a message (and takes it). */
+static void
+put_json(json_t *v)
+{
+	char	*text;
+
+	if (v == NULL || (text = json_dumps(v, JSON_COMPACT)) == NULL)
+		die("cannot encode a message");
+	json_decref(v);
+	put_line(text);
+	free(text);
+}
+
+static void
+answer(json_t *id, json_t *result)
+{
+	put_json(json_pack("{s:s, s:O, s:o}", "jsonrpc", "2.0", "id", id,
+	    "result", result));
+}
+
+static void
+answer_error(json_t *id, long long code, const char *message)
+{
+	put_json(json_pack("{s:s, s:O, s:{s:I, s:s}}", "jsonrpc", "2.0", "id",
+	    id, "error", "code", (json_int_t)code, "message", message));
+}
+
+/*
+ * Records the delivery and (idempotent) the effect in one statement;
+ * returns what was recorded.  Without RECORDER_DSN nothing is recorded.
+ */
+static json_t *
+record(json_t *meta)
+{
+	const char	*dsn = getenv("RECORDER_DSN");
+	const char	*key = str(meta, "eav/idempotency_key", "");
+	char		 step[24], att[16], pid[16];
+	const char	*params[5] = { key, step, att, pid, every ? "t" : "f" };
+	PGresult	*res;
+	int		 effect = 0;
+
+	snprintf(step, sizeof(step), "%lld", num(meta, "eav/step_id", 0));
+	snprintf(att, sizeof(att), "%lld", num(meta, "eav/attempt", 0));
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	if (dsn != NULL) {
+		if (db == NULL && PQstatus(db = PQconnectdb(dsn)) !=
+		    CONNECTION_OK)
+			die("connect: %s", PQerrorMessage(db));
+		res = PQexecParams(db, "WITH d AS (INSERT INTO far_deliveries "
+		    "(key, step, attempt, pid) VALUES ($1, $2::bigint, "
+		    "$3::int, $4::int)), e AS (INSERT INTO far_effects (key, "
+		    "step, attempt) SELECT $1, $2::bigint, $3::int WHERE NOT "
+		    "$5::boolean ON CONFLICT (key) DO NOTHING RETURNING 1) "
+		    "SELECT $5::boolean OR EXISTS (SELECT 1 FROM e)", 5, NULL,
+		    params, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+			die("record: %s", PQerrorMessage(db));
+		effect = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+		PQclear(res);
+	}
+	return json_pack("{s:s, s:s, s:s, s:b, s:i}", "key", key, "step", step,
+	    "attempt", att, "effect", effect, "pid", (int)getpid());
+}
+
+/* Writes text to path through a rename, so a reader sees all or nothing. */
+static void
+write_pidfile(const char *path, const char *text)
+{
+	char	 tmp[4096];
+	FILE	*fp;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if ((fp = fopen(tmp, "w")) == NULL)
+		die("%s: %s", tmp, strerror(errno));
+	fputs(text, fp);
+	if (fclose(fp) != 0 || rename(tmp, path) == -1)
+		die("%s: %s", path, strerror(errno));
+}
+
+/* A child left behind in our process group. */
+static void
+grandchild(json_t *args)
+{
+	struct timespec	ts;
+	long long	ms = num(args, "grandchild_ms", 600000);
+	char		text[64];
+	pid_t		pid;
+
+	if ((pid = fork()) == -1)
+		die("fork: %s", strerror(errno));
+	if (pid == 0) {
+		ts.tv_sec = ms / 1000;
+		ts.tv_nsec = (ms % 1000) * 1000000;
+		while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	snprintf(text, sizeof(text), "%d %d\n", (int)getpid(), (int)pid);
+	write_pidfile(str(args, "pidfile", "/dev/null"), text);
+}
+
+/* A tool result with one text item (and takes structured, if any). */
+static json_t *
+text_result(const char *text, json_t *structured, int is_error)
+{
+	json_t	*r = json_pack("{s:[{s:s, s:s}], s:b}", "content", "type",
+		    "text", "text", text, "isError", is_error);
+
+	if (structured != NULL)
+		json_object_set_new(r, "structuredContent", structured);
+	return r;
+}
+
+/* The call's effect, and what its mode does right away. */
+static void
+act(struct pending *p)
+{
+	const char	*mode = str(p->args, "mode", "ok");
+
+	p->recorded = record(p->meta);
+	if (strcmp(mode, "crash") == 0 && num(p->meta, "eav/attempt", 0) <
+	    num(p->args, "until_attempt", 1000000)) {
+		if (num(p->args, "signal", 0) > 0)
+			kill(getpid(), (int)num(p->args, "signal", 0));
+		_exit(3);
+	}
+	if (strcmp(mode, "hang") == 0)
+		return;
+	if (strcmp(mode, "grandchild") == 0)
+		grandchild(p->args);
+	schedule(p, num(p->args, "ms", 0), 1);
+}
+
+/* Answers a call as its mode says. */
+static void
+finish(struct pending *p)
+{
+	const char	*mode = str(p->args, "mode", "ok");
+	char		*text, *big;
+	long long	 n;
+
+	if (strcmp(mode, "error") == 0 && num(p->meta, "eav/attempt", 0) <
+	    num(p->args, "until_attempt", 1000000)) {
+		answer_error(p->id, num(p->args, "code", -32603),
+		    str(p->args, "message", "failed on purpose"));
+		return;
+	}
+	if (strcmp(mode, "tool_error") == 0) {
+		answer(p->id, text_result(str(p->args, "message",
+		    "tool failed on purpose"), NULL, 1));
+		return;
+	}
+	if (strcmp(mode, "garbage") == 0) {
+		put_line("{\"jsonrpc\": \"2.0\", this is not json");
+		return;
+	}
+	if (strcmp(mode, "wrong_id") == 0) {
+		put_json(json_pack("{s:s, s:I, s:{}}", "jsonrpc", "2.0", "id",
+		    json_integer_value(p->id) + 1000, "result"));
+		return;
+	}
+	if (strcmp(mode, "unsolicited") == 0)
+		put_json(json_pack("{s:s, s:i, s:{}}", "jsonrpc", "2.0", "id",
+		    999999, "result"));
+	if (strcmp(mode, "big") == 0) {
+		n = num(p->args, "bytes", 10);
+		big = malloc((size_t)n + 1);
+		if (big == NULL)
+			die("out of memory");
+		memset(big, 'x', (size_t)n);
+		big[n] = '\0';
+		answer(p->id, text_result(big, NULL, 0));
+		free(big);
+		return;
+	}
+	json_object_set(p->recorded, "arguments", p->args);
+	text = json_dumps(p->recorded, JSON_COMPACT);
+	answer(p->id, text_result(text != NULL ? text : "?",
+	    json_incref(p->recorded), 0));
+	free(text);
+}
+
+/* Puts p on the list, due ms from now in the given phase. */
+static void
+schedule(struct pending *p, long long ms, int phase)
+{
+	p->due = now_ms() + ms;
+	p->phase = phase;
+	p->next = pendings;
+	pendings = p;
+}
+
+/* tools/call: waits before_ms, then acts. */
+static void
+tools_call(json_t *id, json_t *params)
+{
+	struct pending	*p;
+	json_t		*args = json_object_get(params, "arguments");
+
+	if (!json_is_object(args)) {
+		answer_error(id, -32602, "arguments must be an object");
+		return;
+	}
+	if (strcmp(str(args, "mode", "ok"), "crash_before") == 0)
+		_exit(3);
+	p = calloc(1, sizeof(*p));
+	if (p == NULL)
+		die("out of memory");
+	p->id = json_incref(id);
+	p->args = json_incref(args);
+	p->meta = json_incref(json_object_get(params, "_meta"));
+	schedule(p, num(args, "before_ms", 0), 0);
+}
+
+/* One line from the client. */
+static void
+handle(const char *line)
+{
+	json_t		*msg, *id, *list;
+	json_error_t	 jerr;
+	const char	*method;
+	int		 i;
+
+	if ((msg = json_loads(line, 0, &jerr)) == NULL)
+		die("stdin: %s", jerr.text);
+	id = json_object_get(msg, "id");
+	method = str(msg, "method", "");
+	if (strcmp(method, "initialize") == 0 && init_error)
+		answer_error(id, -32603, "initialize refused on purpose");
+	else if (strcmp(method, "initialize") == 0 && !init_hang) {
+		answer(id, json_pack("{s:s, s:{s:{}}, s:{s:s, s:s}}",
+		    "protocolVersion", "2025-06-18", "capabilities", "tools",
+		    "serverInfo", "name", "mcpd", "version", "1"));
+		if (exit_after_init)
+			exit(0);
+	} else if (strcmp(method, "tools/list") == 0) {
+		list = json_array();
+		for (i = 0; i < ntools; i++)
+			json_array_append_new(list, json_pack("{s:s, s:{s:s}}",
+			    "name", tools[i], "inputSchema", "type",
+			    "object"));
+		answer(id, json_pack("{s:o}", "tools", list));
+	} else if (strcmp(method, "tools/call") == 0)
+		tools_call(id, json_object_get(msg, "params"));
+	else if (id != NULL && strcmp(method, "initialize") != 0)
+		answer_error(id, -32601, "method not found");
+	json_decref(msg);
+}
+
+/* Runs every pending step that is due. */
+static void
+run_due(void)
+{
+	struct pending	**pp, *p;
+	long long	  now = now_ms();
+
+	for (pp = &pendings; (p = *pp) != NULL; ) {
+		if (p->due > now) {
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		if (p->phase == 0) {
+			act(p);
+		} else {
+			finish(p);
+			json_decref(p->id);
+			json_decref(p->args);
+			json_decref(p->meta);
+			json_decref(p->recorded);
+			free(p);
+		}
+		/* act may have put p back at the head: start over. */
+		pp = &pendings;
+		now = now_ms();
+	}
+}
+
+/* Milliseconds until the next pending step, or -1 (none). */
+static int
+next_timeout(void)
+{
+	struct pending	*p;
+	long long	 next = -1, now = now_ms();
+
+	for (p = pendings; p != NULL; p = p->next)
+		if (next == -1 || p->due < next)
+			next = p->due;
+	if (next == -1)
+		return -1;
+	return next <= now ? 0 : (int)(next - now);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct pollfd	 pfd = { STDIN_FILENO, POLLIN, 0 };
+	static char	 buf[4 << 20];
+	size_t		 len = 0;
+	ssize_t		 n;
+	char		*nl, *start;
+	int		 i;
+
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--every") == 0)
+			every = 1;
+		else if (strcmp(argv[i], "--init-error") == 0)
+			init_error = 1;
+		else if (strcmp(argv[i], "--init-hang") == 0)
+			init_hang = 1;
+		else if (strcmp(argv[i], "--exit-after-init") == 0)
+			exit_after_init = 1;
+		else if (strncmp(argv[i], "--tool=", 7) == 0 &&
+		    ntools < MAX_TOOLS)
+			tools[ntools++] = argv[i] + 7;
+		else if (strncmp(argv[i], "--marker=", 9) != 0)
+			die("usage: mcpd [--every] [--init-error] "
+			    "[--init-hang] [--exit-after-init] [--tool=name] "
+			    "[--marker=text]");
+	}
+	fprintf(stderr, "mcpd: pid %d up\n", (int)getpid());
+	for (;;) {
+		run_due();
+		if (poll(&pfd, 1, next_timeout()) == -1) {
+			if (errno == EINTR)
+				continue;
+			die("poll: %s", strerror(errno));
+		}
+		if (pfd.revents == 0)
+			continue;
+		if (len == sizeof(buf) - 1)
+			die("line too long");
+		n = read(STDIN_FILENO, buf + len, sizeof(buf) - 1 - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		buf[len] = '\0';
+		start = buf;
+		while ((nl = strchr(start, '\n')) != NULL) {
+			*nl = '\0';
+			handle(start);
+			start = nl + 1;
+		}
+		len -= (size_t)(start - buf);
+		memmove(buf, start, len);
+	}
+	fprintf(stderr, "mcpd: pid %d: stdin closed\n", (int)getpid());
+	PQfinish(db);
+	return 0;
+}

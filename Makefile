@@ -162,10 +162,12 @@ $(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
-$(BUILD)/bin/recorder $(BUILD)/bin/mcpd: $(BUILD)/bin/%: tests/far/%.c
+$(BUILD)/bin/recorder $(BUILD)/bin/mcpd: $(BUILD)/bin/%: tests/far/%.c \
+    tests/far/farlib.c tests/far/farlib.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) \
 	    $(shell pkg-config --cflags $(FAR_PKGS) 2>/dev/null) -o $@ $< \
+	    tests/far/farlib.c \
 	    $(shell pkg-config --libs $(FAR_PKGS) 2>/dev/null)
 
 $(BUILD)/bin/httpd: tests/far/httpd.c

@@ -28,7 +28,7 @@
 
 #include "harness.h"
 
-#define DEADLINE_MS	30000
+#define DEADLINE_MS	TH_TOOL_DEADLINE_MS
 #define KILLS		20
 #define KILL_MS		120000
 
@@ -146,18 +146,9 @@ static void
 setup(struct th_db *db, struct th_eavd *e, struct far *f, const char *node,
     int workers, char *flag)
 {
-	char	text[512];
-
-	th_db_new(db);
+	th_far_db(db);
 	far_start(f, flag);
-	PQclear(th_exec(db->conn, "UPDATE eav.queues SET retry_base_ms = 10, "
-	    "retry_max_ms = 100 WHERE name = 'default'", 0));
-	snprintf(text, sizeof(text), "[supervisor]\nnode_name = %s\n"
-	    "workers = %d\nrestart_backoff_min = 10ms\n"
-	    "restart_backoff_max = 100ms\nrestart_intensity = 0\n"
-	    "shutdown_grace = 20s\n[worker]\npoll_interval = 100ms\n"
-	    "concurrency = 4\nbatch_size = 4\n", node, workers);
-	th_eavd_conf(e, db, text);
+	th_far_conf(e, db, node, workers, 4);
 }
 
 static void
@@ -166,22 +157,6 @@ teardown(struct th_db *db, struct th_eavd *e, struct far *f)
 	th_eavd_stop_ok(e);
 	far_stop(f);
 	th_db_free(db);
-}
-
-/* Enqueues one step; returns its id (static buffer, one of 8). */
-static const char *
-enqueue(PGconn *c, const char *tool, const char *input, int max_attempts)
-{
-	static char	id[8][24];
-	static int	i;
-	char		max[16];
-
-	i = (i + 1) % 8;
-	snprintf(max, sizeof(max), "%d", max_attempts);
-	snprintf(id[i], sizeof(id[i]), "%lld", th_ll(c, "SELECT "
-	    "eav.step_id(eav.enqueue($1, $2::jsonb, p_max_attempts => "
-	    "$3::int), 1)", 3, tool, input, max));
-	return id[i];
 }
 
 /* Enqueues one step with a client idempotency key. */
@@ -198,21 +173,11 @@ enqueue_key(PGconn *c, const char *tool, const char *input, const char *key)
 	return id[i];
 }
 
-static void
-wait_state(PGconn *c, const struct th_eavd *e, const char *step,
-    const char *state)
-{
-	ck_assert_msg(th_wait(c, DEADLINE_MS, "SELECT state = $2 FROM "
-	    "eav.steps WHERE id = $1::bigint", 2, step, state),
-	    "step %s never reached %s (log %s)", step, state, e->log);
-}
-
 /* Asserts the step's error contains want. */
 static void
 assert_error(PGconn *c, const char *step, const char *want)
 {
-	char	*err = th_str(c, "SELECT coalesce(error, '') FROM eav.steps "
-	    "WHERE id = $1::bigint", 1, step);
+	char	*err = th_step_error(c, step);
 
 	ck_assert_msg(strstr(err, want) != NULL, "step %s: error \"%s\" "
 	    "lacks \"%s\"", step, err, want);
@@ -244,16 +209,16 @@ START_TEST(test_http_succeeded)
 	reg(db.conn, &f, "far.get", "o/{id}?x=1", 1, 5000,
 	    "\"method\": \"GET\", \"body\": \"none\"");
 	th_eavd_up(&e, db.conn, 1);
-	step = enqueue(db.conn, "far", "{\"order\": 7}", 3);
-	wait_state(db.conn, &e, step, "succeeded");
+	step = th_enqueue(db.conn, "far", "{\"order\": 7}", 3);
+	th_wait_state(db.conn, &e, step, "succeeded");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 	    "id = $1::bigint AND (result->>'status')::int = 200 AND "
 	    "result->'body'->>'key' = idempotency_key AND "
 	    "(result->'body'->'body'->>'order')::int = 7 AND "
 	    "result->'body'->>'method' = 'POST' AND "
 	    "result->'body'->>'path' = '/charge' AND attempt = 1", 1, step), 1);
-	step = enqueue(db.conn, "far.get", "{\"id\": \"a b/c\"}", 3);
-	wait_state(db.conn, &e, step, "succeeded");
+	step = th_enqueue(db.conn, "far.get", "{\"id\": \"a b/c\"}", 3);
+	th_wait_state(db.conn, &e, step, "succeeded");
 	snprintf(url, sizeof(url), "/o/a%%20b%%2Fc");
 	ck_assert_msg(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 	    "id = $1::bigint AND result->'body'->>'method' = 'GET' AND "
@@ -262,8 +227,8 @@ START_TEST(test_http_succeeded)
 	    "result %s", th_str(db.conn, "SELECT result FROM eav.steps WHERE "
 	    "id = $1::bigint", 1, step));
 	/* An input the URL needs and lacks: failed without a call. */
-	step = enqueue(db.conn, "far.get", "{}", 3);
-	wait_state(db.conn, &e, step, "failed");
+	step = th_enqueue(db.conn, "far.get", "{}", 3);
+	th_wait_state(db.conn, &e, step, "failed");
 	assert_error(db.conn, step, "the URL needs input.id");
 	ck_assert_int_eq(far_stat(&f, "deliveries"), 2);
 	teardown(&db, &e, &f);
@@ -282,14 +247,14 @@ START_TEST(test_http_status_classes)
 	setup(&db, &e, &f, "http2", 1, NULL);
 	reg(db.conn, &f, "far", "x", 1, 5000, NULL);
 	th_eavd_up(&e, db.conn, 1);
-	bad = enqueue(db.conn, "far", "{\"mode\": \"status\", \"status\": 422,"
-	    " \"body\": \"no such account\"}", 5);
-	flaky = enqueue(db.conn, "far", "{\"mode\": \"status\", \"status\": "
+	bad = th_enqueue(db.conn, "far", "{\"mode\": \"status\", "
+	    "\"status\": 422, \"body\": \"no such account\"}", 5);
+	flaky = th_enqueue(db.conn, "far", "{\"mode\": \"status\", \"status\": "
 	    "503, \"until_attempt\": 3}", 5);
-	wait_state(db.conn, &e, bad, "failed");
+	th_wait_state(db.conn, &e, bad, "failed");
 	assert_error(db.conn, bad, "HTTP 422: no such account");
 	ck_assert_int_eq(step_ll(db.conn, bad, "attempt"), 1);
-	wait_state(db.conn, &e, flaky, "succeeded");
+	th_wait_state(db.conn, &e, flaky, "succeeded");
 	ck_assert_int_eq(step_ll(db.conn, flaky, "attempt"), 3);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
 	    " WHERE step_id = $1::bigint AND type = 'step.retry_scheduled' AND "
@@ -319,9 +284,9 @@ START_TEST(test_http_rate_limited)
 	reg(db.conn, &f, "far", "x", 1, 5000, NULL);
 	reg(db.conn, &f, "far.b", "y", 1, 5000, NULL);
 	th_eavd_up(&e, db.conn, 1);
-	step = enqueue(db.conn, "far", "{\"mode\": \"status\", \"status\": "
+	step = th_enqueue(db.conn, "far", "{\"mode\": \"status\", \"status\": "
 	    "429, \"retry_after\": \"1\", \"times\": 1}", 1);
-	wait_state(db.conn, &e, step, "succeeded");
+	th_wait_state(db.conn, &e, step, "succeeded");
 	/* One attempt allowed, and it was enough: the 429 spent none. */
 	ck_assert_int_eq(step_ll(db.conn, step, "attempt"), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
@@ -339,7 +304,7 @@ START_TEST(test_http_rate_limited)
 	for (i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
 		snprintf(input, sizeof(input), "{\"mode\": \"status\", "
 		    "\"status\": 429, \"retry_after\": \"%s\"}", garbage[i]);
-		bad = enqueue(db.conn, "far.b", input, 1);
+		bad = th_enqueue(db.conn, "far.b", input, 1);
 		ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT state = "
 		    "'pending' AND claim_epoch = 1 FROM eav.steps WHERE id = "
 		    "$1::bigint", 1, bad), "step %s not deferred", bad);
@@ -374,8 +339,8 @@ START_TEST(test_http_refused_retried)
 	reg(db.conn, &dead, "gone", "x", 0, 5000, "\"health\": "
 	    "{\"degraded_after\": 2, \"unavailable_after\": 50}");
 	th_eavd_up(&e, db.conn, 1);
-	step = enqueue(db.conn, "gone", "{}", 3);
-	wait_state(db.conn, &e, step, "failed");
+	step = th_enqueue(db.conn, "gone", "{}", 3);
+	th_wait_state(db.conn, &e, step, "failed");
 	assert_error(db.conn, step, "cannot connect before the request was "
 	    "sent");
 	ck_assert_int_eq(step_ll(db.conn, step, "attempt"), 3);
@@ -407,9 +372,9 @@ START_TEST(test_http_lost_after_send)
 	setup(&db, &e, &f, "http5", 1, NULL);
 	reg(db.conn, &f, "far", "x", 1, 5000, NULL);
 	th_eavd_up(&e, db.conn, 1);
-	step = enqueue(db.conn, "far", "{\"mode\": \"close\", \"times\": 1}",
+	step = th_enqueue(db.conn, "far", "{\"mode\": \"close\", \"times\": 1}",
 	    3);
-	wait_state(db.conn, &e, step, "succeeded");
+	th_wait_state(db.conn, &e, step, "succeeded");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
 	    "= 'tool_lost' AND reason LIKE 'connection lost after the request "
@@ -437,8 +402,8 @@ START_TEST(test_http_timeout_held)
 	setup(&db, &e, &f, "http6", 1, every);
 	reg(db.conn, &f, "pay", "x", 0, 300, NULL);
 	th_eavd_up(&e, db.conn, 1);
-	step = enqueue(db.conn, "pay", "{\"mode\": \"hang\"}", 3);
-	wait_state(db.conn, &e, step, "held");
+	step = th_enqueue(db.conn, "pay", "{\"mode\": \"hang\"}", 3);
+	th_wait_state(db.conn, &e, step, "held");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
 	    "= 'tool_timeout' AND decision = 'held'", 1, step), 1);
@@ -466,23 +431,23 @@ START_TEST(test_http_bad_answers)
 	setup(&db, &e, &f, "http7", 1, every);
 	reg(db.conn, &f, "far", "x", 0, 5000, "\"max_output_bytes\": 1000");
 	th_eavd_up(&e, db.conn, 1);
-	chunks = enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
+	chunks = th_enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
 	    "\"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
 	    "zz\\r\\nhello\\r\\n\"}", 3);
-	line = enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
+	line = th_enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
 	    "\"garbage\\r\\n\\r\\n\"}", 3);
-	big = enqueue(db.conn, "far", "{\"mode\": \"big\", \"bytes\": "
+	big = th_enqueue(db.conn, "far", "{\"mode\": \"big\", \"bytes\": "
 	    "5000}", 3);
-	noclen = enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
+	noclen = th_enqueue(db.conn, "far", "{\"mode\": \"raw\", \"raw\": "
 	    "\"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\n\\r\\n"
 	    "{\\\"fine\\\": true}\"}", 3);
-	wait_state(db.conn, &e, chunks, "failed");
+	th_wait_state(db.conn, &e, chunks, "failed");
 	assert_error(db.conn, chunks, "chunk size that cannot be read");
-	wait_state(db.conn, &e, line, "held");
+	th_wait_state(db.conn, &e, line, "held");
 	assert_error(db.conn, line, "after the request was sent");
-	wait_state(db.conn, &e, big, "failed");
+	th_wait_state(db.conn, &e, big, "failed");
 	assert_error(db.conn, big, "larger than the tool's max_output_bytes");
-	wait_state(db.conn, &e, noclen, "succeeded");
+	th_wait_state(db.conn, &e, noclen, "succeeded");
 	ck_assert_int_eq(step_ll(db.conn, noclen, "(result->'body'->>'fine')"
 	    "::boolean::int"), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
@@ -575,12 +540,12 @@ START_TEST(test_http_secret)
 	reg(db.conn, &f, "far.nosecret", "x", 1, 5000, "\"secret_headers\": "
 	    "{\"Authorization\": \"EAV_TEST_NO_SUCH_SECRET\"}");
 	th_eavd_up(&e, db.conn, 1);
-	step = enqueue(db.conn, "far", "{}", 3);
-	missing = enqueue(db.conn, "far.nosecret", "{}", 3);
-	wait_state(db.conn, &e, step, "succeeded");
+	step = th_enqueue(db.conn, "far", "{}", 3);
+	missing = th_enqueue(db.conn, "far.nosecret", "{}", 3);
+	th_wait_state(db.conn, &e, step, "succeeded");
 	ck_assert_int_eq(step_ll(db.conn, step, "(result->'body'->'headers'->>"
 	    "'authorization' = 'Bearer canary-token-1234')::int"), 1);
-	wait_state(db.conn, &e, missing, "failed");
+	th_wait_state(db.conn, &e, missing, "failed");
 	assert_error(db.conn, missing, "secret EAV_TEST_NO_SUCH_SECRET");
 	ck_assert_int_eq(step_ll(db.conn, missing, "attempt"), 1);
 	ck_assert_int_eq(far_stat(&f, "deliveries"), 1);
@@ -616,9 +581,9 @@ START_TEST(test_http_health)
 	    " 1, \"unavailable_after\": 2, \"probe_ms\": 300}");
 	th_eavd_up(&e, db.conn, 1);
 	for (i = 0; i < 3; i++) {
-		step = enqueue(db.conn, "ff", "{\"mode\": \"status\", "
+		step = th_enqueue(db.conn, "ff", "{\"mode\": \"status\", "
 		    "\"status\": 500}", 1);
-		wait_state(db.conn, &e, step, "failed");
+		th_wait_state(db.conn, &e, step, "failed");
 	}
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
 	    "name = 'ff' AND health = 'unavailable' AND consecutive_errors = 3"
@@ -633,26 +598,26 @@ START_TEST(test_http_health)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
 	    "type = 'tool_unavailable' AND subject = 'tool:ff' AND state = "
 	    "'open'", 0), 1);
-	step = enqueue(db.conn, "ff", "{}", 3);
-	wait_state(db.conn, &e, step, "failed");
+	step = th_enqueue(db.conn, "ff", "{}", 3);
+	th_wait_state(db.conn, &e, step, "failed");
 	assert_error(db.conn, step, "not called: tool ff is unavailable");
 	ck_assert_int_eq(far_stat(&f, "deliveries"), 3);
 	PQclear(th_exec(db.conn, "SELECT eav.tool_health_reset('ff')", 0));
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
 	    "type = 'tool_unavailable' AND state <> 'resolved'", 0), 0);
-	step = enqueue(db.conn, "ff", "{}", 3);
-	wait_state(db.conn, &e, step, "succeeded");
+	step = th_enqueue(db.conn, "ff", "{}", 3);
+	th_wait_state(db.conn, &e, step, "succeeded");
 
 	/* wait: unavailable after 2 errors; a good step waits for the probe. */
 	for (i = 0; i < 2; i++) {
-		step = enqueue(db.conn, "fw", "{\"mode\": \"status\", "
+		step = th_enqueue(db.conn, "fw", "{\"mode\": \"status\", "
 		    "\"status\": 502}", 1);
-		wait_state(db.conn, &e, step, "failed");
+		th_wait_state(db.conn, &e, step, "failed");
 	}
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
 	    "name = 'fw' AND health = 'unavailable'", 0), 1);
-	step = enqueue(db.conn, "fw", "{}", 1);
-	wait_state(db.conn, &e, step, "succeeded");
+	step = th_enqueue(db.conn, "fw", "{}", 1);
+	th_wait_state(db.conn, &e, step, "succeeded");
 	ck_assert_int_eq(step_ll(db.conn, step, "attempt"), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
 	    "name = 'fw' AND health = 'available' AND consecutive_errors = 0",
@@ -680,9 +645,9 @@ START_TEST(test_http_idempotency_key)
 	reg(db.conn, &f, "pay", "x", 0, 5000, NULL);
 	th_eavd_up(&e, db.conn, 1);
 	first = enqueue_key(db.conn, "pay", "{\"amount\": 5}", "order-77");
-	wait_state(db.conn, &e, first, "succeeded");
+	th_wait_state(db.conn, &e, first, "succeeded");
 	again = enqueue_key(db.conn, "pay", "{\"amount\": 5}", "order-77");
-	wait_state(db.conn, &e, again, "succeeded");
+	th_wait_state(db.conn, &e, again, "succeeded");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps a, "
 	    "eav.steps b WHERE a.id = $1::bigint AND b.id = $2::bigint AND "
 	    "a.result = b.result", 2, first, again), 1);
@@ -690,7 +655,7 @@ START_TEST(test_http_idempotency_key)
 	    " WHERE step_id = $1::bigint AND type = 'tool_call.deduplicated'",
 	    1, again), 1);
 	other = enqueue_key(db.conn, "pay", "{\"amount\": 500}", "order-77");
-	wait_state(db.conn, &e, other, "failed");
+	th_wait_state(db.conn, &e, other, "failed");
 	assert_error(db.conn, other, "idempotency key collision");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
 	    " WHERE step_id = $1::bigint AND type = 'idempotency.collision' AND"
@@ -703,41 +668,6 @@ START_TEST(test_http_idempotency_key)
 }
 END_TEST
 
-/* Kills eavd's worker busy with a step of tool; 1 if one was killed. */
-static int
-kill_busy(PGconn *c, const struct th_eavd *e, char *step, size_t len,
-    char *epoch, size_t elen)
-{
-	PGresult	*res;
-	pid_t		 pid;
-	char		 path[64], buf[512], *p;
-	FILE		*fp;
-	int		 ppid = -1;
-
-	res = th_exec(c, "SELECT id, claim_epoch, owner_pid FROM eav.steps "
-	    "WHERE state = 'running' AND claimed_at < now() - "
-	    "(30 + random() * 150) * interval '1 ms' ORDER BY random() "
-	    "LIMIT 1", 0);
-	if (PQntuples(res) == 0) {
-		PQclear(res);
-		return 0;
-	}
-	snprintf(step, len, "%s", PQgetvalue(res, 0, 0));
-	snprintf(epoch, elen, "%s", PQgetvalue(res, 0, 1));
-	pid = atoi(PQgetvalue(res, 0, 2));
-	PQclear(res);
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	if ((fp = fopen(path, "r")) == NULL)
-		return 0;
-	if (fgets(buf, sizeof(buf), fp) != NULL && (p = strrchr(buf, ')')) !=
-	    NULL)
-		(void)sscanf(p + 2, "%*c %d", &ppid);
-	fclose(fp);
-	if (ppid != e->pid)
-		return 0;
-	return kill(pid, SIGKILL) == 0;
-}
-
 /*
  * SIGKILLs of workers in the middle of calls: each interrupted step is
  * retried with its key, and the idempotent far side has exactly one
@@ -749,7 +679,8 @@ START_TEST(test_http_kill_mid_call)
 	struct th_db	 db;
 	struct th_eavd	 e;
 	struct far	 f;
-	char		 step[24], epoch[24];
+	struct th_call	 k;
+	char		 age[16];
 	long long	 start = th_now_ms(), steps, deliveries, effects;
 	int		 kills = 0, interrupted = 0;
 
@@ -766,19 +697,21 @@ START_TEST(test_http_kill_mid_call)
 			    "'{\"mode\": \"delay\", \"ms\": 200}', "
 			    "p_max_attempts => 100) FROM "
 			    "generate_series(1, 8)", 0));
-		if (!kill_busy(db.conn, &e, step, sizeof(step), epoch,
-		    sizeof(epoch))) {
+		/* Some kills land before the far side acts, some after. */
+		snprintf(age, sizeof(age), "%ld", 30 + random() % 150);
+		if (!th_pick_call(db.conn, e.pid, "far", age, &k) ||
+		    kill(k.owner, SIGKILL) == -1) {
 			th_pause_ms(5);
 			continue;
 		}
 		kills++;
 		ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT NOT (state "
 		    "= 'running' AND claim_epoch = $2::bigint) FROM eav.steps "
-		    "WHERE id = $1::bigint", 2, step, epoch), "step %s was not "
-		    "reconciled (log %s)", step, e.log);
+		    "WHERE id = $1::bigint", 2, k.step, k.epoch), "step %s was "
+		    "not reconciled (log %s)", k.step, e.log);
 		interrupted += th_ll(db.conn, "SELECT count(*) FROM "
 		    "eav.unknown_outcomes WHERE step_id = $1::bigint AND "
-		    "claim_epoch = $2::bigint", 2, step, epoch) > 0;
+		    "claim_epoch = $2::bigint", 2, k.step, k.epoch) > 0;
 		/* Let some calls finish between kills. */
 		th_pause_ms(100 + random() % 200);
 	}

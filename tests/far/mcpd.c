@@ -38,7 +38,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +46,8 @@
 
 #include <jansson.h>
 #include <libpq-fe.h>
+
+#include "farlib.h"
 
 #define MAX_TOOLS	8
 
@@ -67,17 +68,12 @@ static int		 ntools = 1;
 static struct pending	*pendings;
 static PGconn		*db;
 
-static void	die(const char *, ...) __attribute__((noreturn,
-		    format(printf, 1, 2)));
 static long long now_ms(void);
-static long long num(json_t *, const char *, long long);
-static const char *str(json_t *, const char *, const char *);
 static void	put_line(const char *);
 static void	put_json(json_t *);
 static void	answer(json_t *, json_t *);
 static void	answer_error(json_t *, long long, const char *);
 static json_t	*record(json_t *);
-static void	write_pidfile(const char *, const char *);
 static void	grandchild(json_t *);
 static json_t	*text_result(const char *, json_t *, int);
 static void	act(struct pending *);
@@ -88,19 +84,6 @@ static void	handle(const char *);
 static void	run_due(void);
 static int	next_timeout(void);
 
-static void
-die(const char *fmt, ...)
-{
-	va_list	ap;
-
-	va_start(ap, fmt);
-	fputs("mcpd: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-	exit(2);
-}
-
 static long long
 now_ms(void)
 {
@@ -108,22 +91,6 @@ now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static long long
-num(json_t *in, const char *key, long long dflt)
-{
-	json_t	*v = json_object_get(in, key);
-
-	return json_is_integer(v) ? (long long)json_integer_value(v) : dflt;
-}
-
-static const char *
-str(json_t *in, const char *key, const char *dflt)
-{
-	json_t	*v = json_object_get(in, key);
-
-	return json_is_string(v) ? json_string_value(v) : dflt;
 }
 
 /* Writes one line on stdout, unbuffered (a fork must not copy it). */
@@ -152,7 +119,7 @@ put_json(json_t *v)
 	char	*text;
 
 	if (v == NULL || (text = json_dumps(v, JSON_COMPACT)) == NULL)
-		die("cannot encode a message");
+		far_die("cannot encode a message");
 	json_decref(v);
 	put_line(text);
 	free(text);
@@ -180,48 +147,20 @@ static json_t *
 record(json_t *meta)
 {
 	const char	*dsn = getenv("RECORDER_DSN");
-	const char	*key = str(meta, "eav/idempotency_key", "");
-	char		 step[24], att[16], pid[16];
-	const char	*params[5] = { key, step, att, pid, every ? "t" : "f" };
-	PGresult	*res;
+	const char	*key = far_str(meta, "eav/idempotency_key", "");
+	char		 step[24], att[16];
 	int		 effect = 0;
 
-	snprintf(step, sizeof(step), "%lld", num(meta, "eav/step_id", 0));
-	snprintf(att, sizeof(att), "%lld", num(meta, "eav/attempt", 0));
-	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	snprintf(step, sizeof(step), "%lld", far_num(meta, "eav/step_id", 0));
+	snprintf(att, sizeof(att), "%lld", far_num(meta, "eav/attempt", 0));
 	if (dsn != NULL) {
 		if (db == NULL && PQstatus(db = PQconnectdb(dsn)) !=
 		    CONNECTION_OK)
-			die("connect: %s", PQerrorMessage(db));
-		res = PQexecParams(db, "WITH d AS (INSERT INTO far_deliveries "
-		    "(key, step, attempt, pid) VALUES ($1, $2::bigint, "
-		    "$3::int, $4::int)), e AS (INSERT INTO far_effects (key, "
-		    "step, attempt) SELECT $1, $2::bigint, $3::int WHERE NOT "
-		    "$5::boolean ON CONFLICT (key) DO NOTHING RETURNING 1) "
-		    "SELECT $5::boolean OR EXISTS (SELECT 1 FROM e)", 5, NULL,
-		    params, NULL, NULL, 0);
-		if (PQresultStatus(res) != PGRES_TUPLES_OK)
-			die("record: %s", PQerrorMessage(db));
-		effect = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-		PQclear(res);
+			far_die("connect: %s", PQerrorMessage(db));
+		effect = far_record(db, key, step, att, every);
 	}
 	return json_pack("{s:s, s:s, s:s, s:b, s:i}", "key", key, "step", step,
 	    "attempt", att, "effect", effect, "pid", (int)getpid());
-}
-
-/* Writes text to path through a rename, so a reader sees all or nothing. */
-static void
-write_pidfile(const char *path, const char *text)
-{
-	char	 tmp[4096];
-	FILE	*fp;
-
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	if ((fp = fopen(tmp, "w")) == NULL)
-		die("%s: %s", tmp, strerror(errno));
-	fputs(text, fp);
-	if (fclose(fp) != 0 || rename(tmp, path) == -1)
-		die("%s: %s", path, strerror(errno));
 }
 
 /* A child left behind in our process group. */
@@ -229,12 +168,12 @@ static void
 grandchild(json_t *args)
 {
 	struct timespec	ts;
-	long long	ms = num(args, "grandchild_ms", 600000);
+	long long	ms = far_num(args, "grandchild_ms", 600000);
 	char		text[64];
 	pid_t		pid;
 
 	if ((pid = fork()) == -1)
-		die("fork: %s", strerror(errno));
+		far_die("fork: %s", strerror(errno));
 	if (pid == 0) {
 		ts.tv_sec = ms / 1000;
 		ts.tv_nsec = (ms % 1000) * 1000000;
@@ -243,7 +182,7 @@ grandchild(json_t *args)
 		_exit(0);
 	}
 	snprintf(text, sizeof(text), "%d %d\n", (int)getpid(), (int)pid);
-	write_pidfile(str(args, "pidfile", "/dev/null"), text);
+	far_write_pidfile(far_str(args, "pidfile", "/dev/null"), text);
 }
 
 /* A tool result with one text item (and takes structured, if any). */
@@ -262,38 +201,38 @@ text_result(const char *text, json_t *structured, int is_error)
 static void
 act(struct pending *p)
 {
-	const char	*mode = str(p->args, "mode", "ok");
+	const char	*mode = far_str(p->args, "mode", "ok");
 
 	p->recorded = record(p->meta);
-	if (strcmp(mode, "crash") == 0 && num(p->meta, "eav/attempt", 0) <
-	    num(p->args, "until_attempt", 1000000)) {
-		if (num(p->args, "signal", 0) > 0)
-			kill(getpid(), (int)num(p->args, "signal", 0));
+	if (strcmp(mode, "crash") == 0 && far_num(p->meta, "eav/attempt", 0) <
+	    far_num(p->args, "until_attempt", 1000000)) {
+		if (far_num(p->args, "signal", 0) > 0)
+			kill(getpid(), (int)far_num(p->args, "signal", 0));
 		_exit(3);
 	}
 	if (strcmp(mode, "hang") == 0)
 		return;
 	if (strcmp(mode, "grandchild") == 0)
 		grandchild(p->args);
-	schedule(p, num(p->args, "ms", 0), 1);
+	schedule(p, far_num(p->args, "ms", 0), 1);
 }
 
 /* Answers a call as its mode says. */
 static void
 finish(struct pending *p)
 {
-	const char	*mode = str(p->args, "mode", "ok");
+	const char	*mode = far_str(p->args, "mode", "ok");
 	char		*text, *big;
 	long long	 n;
 
-	if (strcmp(mode, "error") == 0 && num(p->meta, "eav/attempt", 0) <
-	    num(p->args, "until_attempt", 1000000)) {
-		answer_error(p->id, num(p->args, "code", -32603),
-		    str(p->args, "message", "failed on purpose"));
+	if (strcmp(mode, "error") == 0 && far_num(p->meta, "eav/attempt", 0) <
+	    far_num(p->args, "until_attempt", 1000000)) {
+		answer_error(p->id, far_num(p->args, "code", -32603),
+		    far_str(p->args, "message", "failed on purpose"));
 		return;
 	}
 	if (strcmp(mode, "tool_error") == 0) {
-		answer(p->id, text_result(str(p->args, "message",
+		answer(p->id, text_result(far_str(p->args, "message",
 		    "tool failed on purpose"), NULL, 1));
 		return;
 	}
@@ -310,10 +249,10 @@ finish(struct pending *p)
 		put_json(json_pack("{s:s, s:i, s:{}}", "jsonrpc", "2.0", "id",
 		    999999, "result"));
 	if (strcmp(mode, "big") == 0) {
-		n = num(p->args, "bytes", 10);
+		n = far_num(p->args, "bytes", 10);
 		big = malloc((size_t)n + 1);
 		if (big == NULL)
-			die("out of memory");
+			far_die("out of memory");
 		memset(big, 'x', (size_t)n);
 		big[n] = '\0';
 		answer(p->id, text_result(big, NULL, 0));
@@ -348,15 +287,15 @@ tools_call(json_t *id, json_t *params)
 		answer_error(id, -32602, "arguments must be an object");
 		return;
 	}
-	if (strcmp(str(args, "mode", "ok"), "crash_before") == 0)
+	if (strcmp(far_str(args, "mode", "ok"), "crash_before") == 0)
 		_exit(3);
 	p = calloc(1, sizeof(*p));
 	if (p == NULL)
-		die("out of memory");
+		far_die("out of memory");
 	p->id = json_incref(id);
 	p->args = json_incref(args);
 	p->meta = json_incref(json_object_get(params, "_meta"));
-	schedule(p, num(args, "before_ms", 0), 0);
+	schedule(p, far_num(args, "before_ms", 0), 0);
 }
 
 /* One line from the client. */
@@ -369,9 +308,9 @@ handle(const char *line)
 	int		 i;
 
 	if ((msg = json_loads(line, 0, &jerr)) == NULL)
-		die("stdin: %s", jerr.text);
+		far_die("stdin: %s", jerr.text);
 	id = json_object_get(msg, "id");
-	method = str(msg, "method", "");
+	method = far_str(msg, "method", "");
 	if (strcmp(method, "initialize") == 0 && init_error)
 		answer_error(id, -32603, "initialize refused on purpose");
 	else if (strcmp(method, "initialize") == 0 && !init_hang) {
@@ -448,6 +387,7 @@ main(int argc, char **argv)
 	char		*nl, *start;
 	int		 i;
 
+	far_prog = "mcpd";
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--every") == 0)
 			every = 1;
@@ -461,7 +401,7 @@ main(int argc, char **argv)
 		    ntools < MAX_TOOLS)
 			tools[ntools++] = argv[i] + 7;
 		else if (strncmp(argv[i], "--marker=", 9) != 0)
-			die("usage: mcpd [--every] [--init-error] "
+			far_die("usage: mcpd [--every] [--init-error] "
 			    "[--init-hang] [--exit-after-init] [--tool=name] "
 			    "[--marker=text]");
 	}
@@ -471,12 +411,12 @@ main(int argc, char **argv)
 		if (poll(&pfd, 1, next_timeout()) == -1) {
 			if (errno == EINTR)
 				continue;
-			die("poll: %s", strerror(errno));
+			far_die("poll: %s", strerror(errno));
 		}
 		if (pfd.revents == 0)
 			continue;
 		if (len == sizeof(buf) - 1)
-			die("line too long");
+			far_die("line too long");
 		n = read(STDIN_FILENO, buf + len, sizeof(buf) - 1 - len);
 		if (n == -1 && errno == EINTR)
 			continue;

@@ -130,6 +130,13 @@ step_finish(struct step *s, enum step_outcome o, json_t *result,
 	s->outcome = o;
 	s->result = result;
 	s->error = error ? xstrdup(error) : NULL;
+	/* Calls that leave the worker are worth a line; builtins are not. */
+	if (strcmp(s->kind, "builtin") != 0 && o == OUT_SUCCEEDED)
+		log_debug("step=%lld attempt=%d tool=%s: succeeded", s->id,
+		    s->attempt, s->tool);
+	else if (strcmp(s->kind, "builtin") != 0 && error != NULL)
+		log_info("step=%lld attempt=%d tool=%s: %s", s->id, s->attempt,
+		    s->tool, error);
 	/* Only after a tool really ran: not for a release, an injected
 	 * error or an input refused before the call. */
 	if (s->ran && o != OUT_RELEASE)

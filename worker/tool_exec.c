@@ -402,12 +402,6 @@ exec_finish(struct exec_call *c)
 	 * character in two. */
 	tool_utf8_trim(err);
 	exec_log_stderr(c);
-	if (o == OUT_SUCCEEDED)
-		log_debug("step=%lld attempt=%d tool=%s: succeeded", s->id,
-		    s->attempt, s->tool);
-	else
-		log_info("step=%lld attempt=%d tool=%s: %s", s->id, s->attempt,
-		    s->tool, err);
 	exec_call_free(c);
 	step_finish(s, o, result, o == OUT_SUCCEEDED ? NULL : err);
 	cycle_wake(w);

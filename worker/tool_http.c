@@ -472,9 +472,6 @@ http_end(struct http_call *c, enum step_outcome o, json_t *result,
 	}
 	TAILQ_REMOVE(&calls, c, entry);
 	ncalls--;
-	if (o != OUT_SUCCEEDED)
-		log_info("step=%lld attempt=%d tool=%s: %s", c->s->id,
-		    c->s->attempt, c->s->tool, err);
 	step_finish(c->s, o, result, o == OUT_SUCCEEDED ? NULL : err);
 	cycle_wake(c->w);
 	if (evtimer_add(c->reap, &tv) == -1)

@@ -1163,12 +1163,6 @@ mcp_call_finish(struct mcp_call *c, enum step_outcome o, json_t *result,
 
 	snprintf(err, sizeof(err), "%s", error != NULL ? error : "");
 	tool_utf8_trim(err);
-	if (o == OUT_SUCCEEDED)
-		log_debug("step=%lld attempt=%d tool=%s: succeeded", s->id,
-		    s->attempt, s->tool);
-	else
-		log_info("step=%lld attempt=%d tool=%s: %s", s->id, s->attempt,
-		    s->tool, err);
 	TAILQ_REMOVE(&srv->calls, c, entry);
 	srv->ncalls--;
 	if (c->id != 0)

@@ -44,6 +44,7 @@ COMMON_SRCS =	common/clock.c \
 		common/reconnect.c \
 		common/config.c \
 		common/db.c \
+		common/killswitch.c \
 		common/log.c \
 		common/migrate.c \
 		common/spawn.c \
@@ -73,6 +74,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_rehearse.c \
 		ctl/cmd_queue.c \
 		ctl/cmd_tools.c \
+		ctl/cmd_kill.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \
@@ -94,7 +96,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_inject.c \
 		tests/check_exec.c \
 		tests/check_http.c \
-		tests/check_mcp.c
+		tests/check_mcp.c \
+		tests/check_kill.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

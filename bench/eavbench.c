@@ -8,6 +8,7 @@
  *   eavbench drain   -d dsn -n N -c workers [-b behind] [-a audit_rows]
  *   eavbench latency -d dsn -n N -g gap_ms -c workers
  *   eavbench kill    -d dsn -n N -c workers
+ *   eavbench killswitch -d dsn -n N -c workers
  *
  * drain: N no-op steps (plus `behind` pending steps after them) drained
  * by eavd with every transition audited; the clock runs from eavd's start
@@ -17,6 +18,10 @@
  * pool; the start of a step is its step.claimed audit row.
  * kill: N times, SIGKILL the worker running a sleep step and time the
  * committed tool_call.unknown row, then the step's next claim.
+ * killswitch: N times, while the workers drain a backlog, engage the
+ * global kill switch and time the call: it returns once every claim in
+ * flight has committed, so it bounds engage -> last claim committed; the
+ * audit must show no step.claimed between each engage and its release.
  */
 #include <sys/wait.h>
 
@@ -68,14 +73,16 @@ static int	 cmp_double(const void *, const void *);
 static double	 pct(double *, long, double);
 static void	 mode_drain(struct bench *);
 static void	 mode_latency(struct bench *);
+static void	 mode_killswitch(struct bench *);
 static void	 mode_kill(struct bench *);
 static double	 kill_once(struct bench *, double *);
 
 static void
 usage(void)
 {
-	fprintf(stderr, "usage: eavbench drain|latency|kill -d dsn -n count "
-	    "-c workers [-g gap_ms] [-b behind] [-a audit_rows]\n");
+	fprintf(stderr, "usage: eavbench drain|latency|kill|killswitch "
+	    "-d dsn -n count -c workers [-g gap_ms] [-b behind] "
+	    "[-a audit_rows]\n");
 	exit(2);
 }
 
@@ -479,6 +486,56 @@ mode_kill(struct bench *b)
 	free(again);
 }
 
+/* Tops the backlog up so the workers stay busy through every engage. */
+static void
+ks_refill(struct bench *b)
+{
+	if (q_ll(b, "SELECT count(*) FROM eav.steps WHERE state = "
+	    "'pending'", 0) < 20000)
+		PQclear(q(b, "SELECT count(*) FROM eav.enqueue_many('noop', "
+		    "(SELECT jsonb_agg('{}'::jsonb) FROM generate_series(1, "
+		    "40000)))", 0));
+}
+
+static void
+mode_killswitch(struct bench *b)
+{
+	double		*lat = calloc((size_t)b->n, sizeof(*lat));
+	long long	 after = 0;
+	double		 t0;
+	long		 i;
+
+	if (lat == NULL)
+		fatal("calloc");
+	fresh_schema(b);
+	ks_refill(b);
+	eavd_start(b, "");
+	wait_up(b);
+	for (i = 0; i < b->n; i++) {
+		ks_refill(b);
+		pause_ms(50);	/* under load again */
+		t0 = now_s();
+		PQclear(q(b, "SELECT eav.kill_switch_engage('global', NULL, "
+		    "'eavbench')", 0));
+		lat[i] = (now_s() - t0) * 1000;
+		PQclear(q(b, "SELECT eav.kill_switch_release('global', NULL, "
+		    "'eavbench')", 0));
+	}
+	after = q_ll(b, "SELECT count(*) FROM eav.audit_events c JOIN "
+	    "eav.audit_events e ON e.type = 'kill_switch.engaged' JOIN "
+	    "eav.audit_events r ON r.type = 'kill_switch.released' AND "
+	    "(r.payload->>'generation')::bigint = "
+	    "(e.payload->>'generation')::bigint + 1 WHERE c.type = "
+	    "'step.claimed' AND c.id > e.id AND c.id < r.id", 0);
+	eavd_stop(b);
+	qsort(lat, (size_t)b->n, sizeof(*lat), cmp_double);
+	printf("RESULT {\"lib\": \"eav\", \"test\": \"killswitch\", "
+	    "\"count\": %ld, \"p50_ms\": %.1f, \"p99_ms\": %.1f, "
+	    "\"max_ms\": %.1f, \"claims_after_engage\": %lld}\n", b->n,
+	    pct(lat, b->n, 50), pct(lat, b->n, 99), lat[b->n - 1], after);
+	free(lat);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -524,6 +581,8 @@ main(int argc, char **argv)
 		mode_latency(&b);
 	else if (strcmp(b.mode, "kill") == 0)
 		mode_kill(&b);
+	else if (strcmp(b.mode, "killswitch") == 0)
+		mode_killswitch(&b);
 	else
 		usage();
 	fflush(stdout);

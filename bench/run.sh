@@ -20,8 +20,10 @@ peers_dir=${PEERS_DIR:-$root/../shared/peers}
 bin=$root/build/bin
 if [ "$quick" = 1 ]; then
 	rounds=1 n=10000 concs="4" pg_secs=8 lat_n=100 kills=50 lat_runs=1
+	engages=20
 else
 	rounds=3 n=20000 concs="4 8" pg_secs=20 lat_n=200 kills=200 lat_runs=3
+	engages=100
 fi
 mkdir -p "$root/bench/out"
 log=$root/bench/out/run-$(date -u +%Y%m%d-%H%M%S).log
@@ -123,6 +125,8 @@ try() { "$@" || echo "bench: FAILED: $*" >&2; }
 	done
 	echo "== kill"
 	try "$bin/eavbench" kill -d "$dsn" -n "$kills" -c 4 2>/dev/null
+	echo "== kill switch"
+	try "$bin/eavbench" killswitch -d "$dsn" -n "$engages" -c 4 2>/dev/null
 	if [ "$quick" != 1 ]; then
 		echo "== scale"
 		try "$bin/eavbench" drain -d "$dsn" -n "$n" -c 4 -b 10000 2>/dev/null

@@ -341,7 +341,8 @@ db_exec_literal(struct db *db, const char *literal)
 
 /*
  * Reads pending notifications and returns how many wake-ups they were; a
- * change of the armed injections only sets db->inject_changed.
+ * change of the armed injections only sets db->inject_changed, one of
+ * the kill switches db->kill_changed.
  */
 int
 db_drain_notifies(struct db *db)
@@ -354,6 +355,8 @@ db_drain_notifies(struct db *db)
 	while ((n = PQnotifies(db->conn)) != NULL) {
 		if (strcmp(n->relname, "eav_inject") == 0)
 			db->inject_changed = 1;
+		else if (strcmp(n->relname, "eav_kill_switch") == 0)
+			db->kill_changed = 1;
 		else
 			count++;
 		PQfreemem(n);

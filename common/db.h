@@ -34,6 +34,7 @@ struct db {
 	char		 sqlstate[6];
 	char		 errmsg[1024];
 	int		 inject_changed;	/* NOTIFY eav_inject seen */
+	int		 kill_changed;	/* NOTIFY eav_kill_switch seen */
 };
 
 int		 db_connect(struct db *, const char *, const char *);

@@ -47,6 +47,9 @@ int	cmd_alarm(struct ctl *, int, char **);
 /* cmd_tools.c */
 int	cmd_tools(struct ctl *, int, char **);
 
+/* cmd_kill.c */
+int	cmd_kill(struct ctl *, int, char **);
+
 /* cmd_queue.c */
 int	cmd_queue(struct ctl *, int, char **);
 

@@ -34,6 +34,8 @@ static const struct ctl_cmd cmds[] = {
 	{ "tools", cmd_tools, "tools list | tools show name | tools register "
 	    "[-i] [-t timeout_ms] [-d description] name kind config|- | "
 	    "tools reset name" },
+	{ "kill-switch", cmd_kill, "kill-switch [list] | kill-switch on|off "
+	    "[--queue queue | --tool tool] --reason reason" },
 	{ "alarm", cmd_alarm, "alarm ack id | alarm resolve [-n note] id" },
 	{ "inject", cmd_inject, "inject list [-a] | inject points | "
 	    "inject arm [-n count] [-s step_id] [-t tool] point "

@@ -16,6 +16,7 @@
 #include "clock.h"
 #include "inject.h"
 #include "inject_db.h"
+#include "killswitch.h"
 #include "log.h"
 #include "producer.h"
 
@@ -29,7 +30,7 @@ static void	ingest_poll_cb(evutil_socket_t, short, void *);
 static int	ingest_try(void *);
 static void	ingest_up(void *, int64_t);
 static void	demo_cb(evutil_socket_t, short, void *);
-static void	ingest_inject_reload(struct producer *);
+static void	ingest_reload(struct producer *);
 
 /* Asks for an ingest cycle on the next loop iteration. */
 void
@@ -53,21 +54,32 @@ ingest_read_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (db_drain_notifies(&p->db) > 0)
 		ingest_wake(p);
-	ingest_inject_reload(p);
+	ingest_reload(p);
 }
 
-/* Loads the armed injections again after NOTIFY eav_inject. */
+/*
+ * Acts on NOTIFY eav_inject (loads the armed injections again) and
+ * eav_kill_switch (reads the switches; the ingest itself skips what they
+ * stop, and a release wakes it).  Either call may read more
+ * notifications, hence the loop.
+ */
 static void
-ingest_inject_reload(struct producer *p)
+ingest_reload(struct producer *p)
 {
-	if (!p->db.inject_changed || !db_is_connected(&p->db))
-		return;
-	if (inject_db_subscribe(&p->db, "producer") == -1) {
-		ingest_lost(p);
-		return;
-	}
-	if (db_drain_notifies(&p->db) > 0)
+	while (db_is_connected(&p->db) &&
+	    (p->db.inject_changed || p->db.kill_changed)) {
+		if ((p->db.kill_changed &&
+		    kill_observe(&p->db, p->actor, &p->kill) != DB_OK) ||
+		    (p->db.inject_changed &&
+		    inject_db_subscribe(&p->db, "producer") == -1)) {
+			log_warnx("cannot read the kill switches or "
+			    "injections: %s", p->db.errmsg);
+			ingest_lost(p);
+			return;
+		}
 		ingest_wake(p);
+		(void)db_drain_notifies(&p->db);
+	}
 }
 
 static void
@@ -91,6 +103,7 @@ ingest_connect(struct producer *p)
 		return -1;
 	}
 	if (db_exec(&p->db, "LISTEN eav_inbox") != DB_OK ||
+	    kill_observe(&p->db, p->actor, &p->kill) != DB_OK ||
 	    inject_db_subscribe(&p->db, "producer") == -1) {
 		db_close(&p->db);
 		return -1;
@@ -191,7 +204,7 @@ ingest_cb(evutil_socket_t fd, short what, void *arg)
 	    db_drain_notifies(&p->db) > 0))
 		ingest_wake(p);
 	if (n >= 0)
-		ingest_inject_reload(p);
+		ingest_reload(p);
 }
 
 /* Creates the cycle, poll and reconnect machinery. */
@@ -205,6 +218,7 @@ ingest_init(struct producer *p)
 	if (p->cycle_ev == NULL || p->poll_ev == NULL ||
 	    event_add(p->poll_ev, &tv) == -1)
 		fatalx("cannot create producer events");
+	kill_view_init(&p->kill);
 	p->reconnect.base = p->base;
 	p->reconnect.max_ms = p->cfg.worker_reconnect_max;
 	p->reconnect.exit_after_ms = p->cfg.worker_db_lost_exit;

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "db.h"
+#include "killswitch.h"
 #include "reconnect.h"
 
 struct producer {
@@ -20,6 +21,7 @@ struct producer {
 	struct event_base	*base;
 	struct db		 db;
 	struct reconnect	 reconnect;
+	struct kill_view	 kill;
 	struct event		*db_ev;
 	struct event		*cycle_ev;
 	struct event		*poll_ev;

@@ -4,7 +4,8 @@
 #  - no SQL built from strings: PQexec only ever gets a literal, and no
 #    snprintf/asprintf output is sent as a query;
 #  - shell scripts pass shellcheck when it is installed;
-#  - cppcheck finds no error when it is installed.
+#  - cppcheck finds no error when it is installed;
+#  - no merge conflict markers left in tracked files.
 set -eu
 cd "$(dirname "$0")/.."
 fail=0
@@ -22,6 +23,14 @@ if [ -n "$bad" ]; then
 	echo "lint: a query built with printf:"
 	echo "$bad"
 	fail=1
+fi
+if git rev-parse --git-dir >/dev/null 2>&1; then
+	bad=$(git grep -nE '^(<{7}|>{7})( |$)|^={7}$' -- . || true)
+	if [ -n "$bad" ]; then
+		echo "lint: merge conflict markers:"
+		echo "$bad"
+		fail=1
+	fi
 fi
 awk -f scripts/style.awk common/*.[ch] common/*.def supervisor/*.[ch] \
     worker/*.[ch] producer/*.[ch] ctl/*.[ch] inject/*.[ch] inject/*.def \

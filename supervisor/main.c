@@ -506,6 +506,7 @@ main(int argc, char **argv)
 	sup_signals(&sup);
 	memset(&db, 0, sizeof(db));
 	sup_startup_db(&sup, &db);
+	kill_view_init(&sup.kill);
 	sup.db = sdb_new(&sup, &db);
 	child_init_table(&sup);
 	sup.state = SUP_RUNNING;

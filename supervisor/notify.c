@@ -58,8 +58,10 @@ notify_status(struct sup *sup)
 			up++;
 	}
 	(void)sd_notifyf(0, "STATUS=%s: %d/%d children up, incarnation %lld, "
-	    "%lld step(s) reconciled", sup->state == SUP_STOPPING ? "stopping" :
-	    "running", up, want, sup->incarnation, sup->reconciled);
+	    "%lld step(s) reconciled%s", sup->state == SUP_STOPPING ?
+	    "stopping" : "running", up, want, sup->incarnation,
+	    sup->reconciled, sup->kill.stopped_all ?
+	    ", KILL SWITCH ENGAGED" : "");
 }
 
 /* READY=1 (again after a reload). */

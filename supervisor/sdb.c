@@ -63,6 +63,7 @@ static void	sdb_done(struct sdb *, enum db_status);
 static void	sdb_req_free(struct sdb_req *);
 static void	sdb_shed(struct sdb *);
 static void	sdb_inject_subscribe(struct sdb *);
+static void	sdb_kill_observe(struct sdb *);
 
 /* Takes over a connected, migrated struct db from start-up. */
 struct sdb *
@@ -82,6 +83,7 @@ sdb_new(struct sup *sup, struct db *db)
 	s->ready = 1;
 	sdb_watch(s);
 	sdb_inject_subscribe(s);
+	sdb_kill_observe(s);
 	return s;
 }
 
@@ -120,6 +122,35 @@ sdb_inject_subscribe(struct sdb *s)
 	s->db.inject_changed = 0;
 	sdb_submit(s, DB_INJECT_LISTEN, NULL, sdb_inject_listening, NULL, 0);
 	sdb_submit(s, DB_INJECT_ARMED, params, sdb_inject_loaded, NULL, 0);
+}
+
+static void
+sdb_kill_observed(struct sup *sup, void *arg, PGresult *res,
+    enum db_status st)
+{
+	(void)arg;
+	if (res == NULL) {
+		log_warnx("cannot read the kill switches (%s)",
+		    db_status_name(st));
+		return;
+	}
+	(void)kill_view_apply(&sup->kill, res);
+	notify_status(sup);
+}
+
+/*
+ * Reads the kill switches (which also listens on eav_kill_switch): at
+ * start, after a reconnect and on NOTIFY.  eavd only reports them.
+ */
+static void
+sdb_kill_observe(struct sdb *s)
+{
+	const char	*params[2];
+	char		 buf[24];
+
+	s->db.kill_changed = 0;
+	kill_params(&s->sup->kill, s->sup->actor, buf, sizeof(buf), params);
+	sdb_submit(s, DB_KILL_OBSERVE, params, sdb_kill_observed, NULL, 0);
 }
 
 /* The firing of a database-armed supervisor point was taken, or not. */
@@ -361,6 +392,8 @@ sdb_read_cb(evutil_socket_t fd, short what, void *arg)
 	(void)db_drain_notifies(&s->db);
 	if (s->db.inject_changed)
 		sdb_inject_subscribe(s);
+	if (s->db.kill_changed)
+		sdb_kill_observe(s);
 	while (s->busy && !PQisBusy(s->db.conn)) {
 		if ((res = PQgetResult(s->db.conn)) != NULL) {
 			if (s->res == NULL)
@@ -443,6 +476,7 @@ sdb_connect_poll(struct sdb *s, PostgresPollingStatusType ps)
 		s->ready = 1;
 		sdb_watch(s);
 		sdb_inject_subscribe(s);
+		sdb_kill_observe(s);
 		sdb_kick(s);
 		return;
 	}

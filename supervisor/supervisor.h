@@ -17,6 +17,7 @@
 #include "compat.h"
 #include "config.h"
 #include "db.h"
+#include "killswitch.h"
 
 #define MAX_WORKERS	64
 #define MAX_CHILDREN	(MAX_WORKERS + 1)
@@ -83,6 +84,7 @@ struct sup {
 	char			 exe_dir[PATH_MAX];
 	long long		 incarnation;
 	char			 actor[128];
+	struct kill_view	 kill;
 	enum sup_state		 state;
 	struct event_base	*base;
 	struct child		 children[MAX_CHILDREN];

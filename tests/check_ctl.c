@@ -579,6 +579,39 @@ START_TEST(test_tools)
 }
 END_TEST
 
+/* kill-switch on/off/list, with the reason required and the actor. */
+START_TEST(test_kill_switch)
+{
+	struct th_db	 db;
+
+	th_db_new(&db);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "kill-switch", "on", NULL), 2);
+	ck_assert_ptr_nonnull(strstr(out_read(), "needs --reason"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "kill-switch", "on", "--queue",
+	    "nope", "--reason", "x", NULL), 2);
+	ck_assert_ptr_nonnull(strstr(out_read(), "no queue \"nope\""));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "kill-switch", "on", "-q", "a",
+	    "-t", "b", "-r", "x", NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "kill-switch", "on", "--tool",
+	    "noop", "--reason", "noop is broken", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "tool noop engaged"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "kill-switch", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "ENGAGED"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'kill_switch.engaged' AND "
+	    "actor = 'operator:erin' AND payload->>'reason' = "
+	    "'noop is broken'", 0), 1);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "kill-switch", "off", "-t",
+	    "noop", "-r", "fixed", NULL), 0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "kill-switch", "off", "-r", "x",
+	    NULL), 2);
+	ck_assert_ptr_nonnull(strstr(out_read(), "not engaged"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.kill_switches WHERE engaged", 0), 0);
+	th_db_free(&db);
+}
+END_TEST
+
 /* status with eavd running lists its children and the queues. */
 START_TEST(test_status_eavd)
 {
@@ -634,6 +667,7 @@ suite_ctl(void)
 	tcase_add_test(tc, test_event);
 	tcase_add_test(tc, test_alarm);
 	tcase_add_test(tc, test_queue);
+	tcase_add_test(tc, test_kill_switch);
 	tcase_add_test(tc, test_tools);
 	tcase_add_test(tc, test_status_eavd);
 	tcase_set_timeout(tc, 90);

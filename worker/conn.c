@@ -14,6 +14,7 @@
 
 #include <event2/event.h>
 
+#include "killswitch.h"
 #include "log.h"
 #include "inject_db.h"
 #include "worker.h"
@@ -40,22 +41,39 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (db_drain_notifies(&w->db) > 0)
 		cycle_wake(w);
-	conn_inject_reload(w);
+	conn_reload(w);
 }
 
-/* Loads the armed injections again after NOTIFY eav_inject. */
+/*
+ * Acts on NOTIFY eav_inject (loads the armed injections again) and
+ * eav_kill_switch (reads the switches: a released global one wakes the
+ * cycle).  Either call may read more notifications, hence the loop.
+ */
 void
-conn_inject_reload(struct worker *w)
+conn_reload(struct worker *w)
 {
-	if (!w->db.inject_changed || !db_is_connected(&w->db))
-		return;
-	if (inject_db_subscribe(&w->db, "worker") == -1) {
-		conn_lost(w);
-		return;
+	enum db_status	st;
+	int		stopped;
+
+	while (db_is_connected(&w->db) &&
+	    (w->db.inject_changed || w->db.kill_changed)) {
+		stopped = w->kill.stopped_all;
+		if (w->db.kill_changed &&
+		    (st = kill_observe(&w->db, w->actor, &w->kill)) != DB_OK) {
+			(void)cycle_db_error(w, st, "kill switch read");
+			return;
+		}
+		if (stopped && !w->kill.stopped_all)
+			cycle_wake(w);
+		if (w->db.inject_changed &&
+		    inject_db_subscribe(&w->db, "worker") == -1) {
+			conn_lost(w);
+			return;
+		}
+		/* Wake-ups that arrived during the calls. */
+		if (db_drain_notifies(&w->db) > 0)
+			cycle_wake(w);
 	}
-	/* Wake-ups that arrived during the calls. */
-	if (db_drain_notifies(&w->db) > 0)
-		cycle_wake(w);
 }
 
 /* Releases steps this worker owns but does not know (see header). */
@@ -116,6 +134,7 @@ conn_open(struct worker *w)
 		return -1;
 	}
 	if (db_exec(&w->db, "LISTEN eav_steps") != DB_OK ||
+	    kill_observe(&w->db, w->actor, &w->kill) != DB_OK ||
 	    (w->reconnect.lost_since != 0 && conn_resync(w) == -1) ||
 	    inject_db_subscribe(&w->db, "worker") == -1) {
 		db_close(&w->db);
@@ -148,6 +167,7 @@ conn_up(void *arg, int64_t down_ms)
 void
 conn_init(struct worker *w)
 {
+	kill_view_init(&w->kill);
 	w->reconnect.base = w->base;
 	w->reconnect.max_ms = w->cfg.worker_reconnect_max;
 	w->reconnect.exit_after_ms = w->cfg.worker_db_lost_exit;

@@ -25,6 +25,7 @@
 #define CYCLE_MAX_ROUNDS	16
 #define DB_RETRIES		5
 #define DB_MAX_ERRORS		5	/* failed calls in a row before exit */
+#define KEY_WAIT_MS		1000	/* a step waiting for its key's turn */
 
 static struct step *step_new(struct worker *, PGresult *, int);
 static int	cycle_start_claimed(struct worker *, PGresult *);
@@ -179,9 +180,9 @@ step_new(struct worker *w, PGresult *res, int row)
 }
 
 /*
- * The claim's gate for a step (see sql/0009): anything but "" means the
- * tool is not called, and the gate goes back as the outcome for SQL to
- * apply.  Returns 1 if the step was finished here.
+ * The claim's gate for a step (see sql/0009 and 0010): anything but ""
+ * means the tool is not called, and the gate goes back as the outcome for
+ * SQL to apply.  Returns 1 if the step was finished here.
  */
 static int
 gate_apply(struct step *s, const char *gate)
@@ -191,18 +192,21 @@ gate_apply(struct step *s, const char *gate)
 	if (*gate == '\0')
 		return 0;
 	s->gated = 1;
-	if (strcmp(gate, "defer") == 0)
-		step_finish(s, OUT_DEFERRED, NULL, "not called: the tool is "
-		    "rate limited or unavailable");
-	else if (strcmp(gate, "replay") == 0)
+	if (strcmp(gate, "replay") == 0)
 		step_finish(s, OUT_REPLAY, NULL, NULL);
 	else if (strcmp(gate, "collision") == 0)
 		step_finish(s, OUT_COLLISION, NULL, NULL);
-	else {
+	else if (strcmp(gate, "fail") == 0) {
 		snprintf(err, sizeof(err), "not called: tool %s is "
-		    "unavailable (%s)", s->tool, gate);
+		    "unavailable", s->tool);
 		step_finish(s, OUT_FAILED, NULL, err);
-	}
+	} else if (strcmp(gate, "wait") == 0) {
+		s->retry_after_ms = KEY_WAIT_MS;
+		step_finish(s, OUT_DEFERRED, NULL, "not called: another step "
+		    "with this idempotency key is in flight");
+	} else	/* defer, or one this worker does not know: the safe one */
+		step_finish(s, OUT_DEFERRED, NULL, "not called: the tool is "
+		    "rate limited or unavailable");
 	return 1;
 }
 
@@ -472,7 +476,8 @@ cycle_run(struct worker *w)
 	}
 	for (round = 0; round < CYCLE_MAX_ROUNDS; round++) {
 		free_slots = w->cfg.worker_concurrency - w->nrunning;
-		limit = w->stopping || free_slots <= 0 ? 0 :
+		limit = w->stopping || w->kill.stopped_all ||
+		    free_slots <= 0 ? 0 :
 		    free_slots < w->cfg.worker_batch_size ? free_slots :
 		    w->cfg.worker_batch_size;
 		if (w->ndone == 0 && limit == 0)
@@ -485,6 +490,6 @@ cycle_run(struct worker *w)
 	/* Wake-ups read by our own calls would otherwise be lost. */
 	if (round == CYCLE_MAX_ROUNDS || db_drain_notifies(&w->db) > 0)
 		cycle_wake(w);
-	conn_inject_reload(w);
+	conn_reload(w);
 	worker_maybe_exit(w);
 }

@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "db.h"
+#include "killswitch.h"
 #include "reconnect.h"
 
 enum step_outcome {
@@ -84,6 +85,7 @@ struct worker {
 	int			 ndone;
 
 	struct reconnect	 reconnect;
+	struct kill_view	 kill;
 	int			 db_errors;	/* failed calls in a row */
 	int			 stopping;
 	int			 old_backend;
@@ -94,7 +96,7 @@ struct worker {
 void	conn_init(struct worker *);
 int	conn_open(struct worker *);
 void	conn_lost(struct worker *);
-void	conn_inject_reload(struct worker *);
+void	conn_reload(struct worker *);
 
 /* cycle.c */
 void	cycle_init(struct worker *);

@@ -490,11 +490,15 @@ mode_kill(struct bench *b)
 static void
 ks_refill(struct bench *b)
 {
+	int	i;
+
 	if (q_ll(b, "SELECT count(*) FROM eav.steps WHERE state = "
-	    "'pending'", 0) < 20000)
+	    "'pending'", 0) >= 20000)
+		return;
+	for (i = 0; i < 4; i++)
 		PQclear(q(b, "SELECT count(*) FROM eav.enqueue_many('noop', "
 		    "(SELECT jsonb_agg('{}'::jsonb) FROM generate_series(1, "
-		    "40000)))", 0));
+		    "10000)))", 0));
 }
 
 static void

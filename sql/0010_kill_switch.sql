@@ -123,8 +123,9 @@ BEGIN
             reason = EXCLUDED.reason, changed_by = EXCLUDED.changed_by,
             changed_at = now()
     RETURNING * INTO k;
+    -- owner_pid: through steps_running_idx, not a scan of every step.
     SELECT count(*) INTO v_running FROM eav.steps s
-    WHERE s.state = 'running'
+    WHERE s.state = 'running' AND s.owner_pid IS NOT NULL
       AND (p_scope = 'global' OR (p_scope = 'queue' AND s.queue = v_target)
            OR (p_scope = 'tool' AND s.tool = v_target));
     PERFORM eav.audit(CASE WHEN p_engage THEN 'kill_switch.engaged'

@@ -66,7 +66,22 @@ queue_set(struct ctl *ctl, int argc, char **argv)
 	return 0;
 }
 
-/* eavctl queue list | queue set ... */
+/* queue stuck name ms: the queue's stuck-step alarm threshold. */
+static int
+queue_stuck(struct ctl *ctl, const char *name, const char *ms)
+{
+	const char	*params[3] = { name, ms, ctl->actor };
+	PGresult	*res;
+	int		 r;
+
+	if ((r = ctl_call(ctl, DB_QUEUE_STUCK, params, &res)) != 0)
+		return r;
+	printf("queue %s: stuck after %s ms\n", name, ms);
+	PQclear(res);
+	return 0;
+}
+
+/* eavctl queue list | queue set ... | queue stuck name ms */
 int
 cmd_queue(struct ctl *ctl, int argc, char **argv)
 {
@@ -74,5 +89,7 @@ cmd_queue(struct ctl *ctl, int argc, char **argv)
 		return queue_list(ctl);
 	if (argc >= 2 && strcmp(argv[1], "set") == 0)
 		return queue_set(ctl, argc - 1, argv + 1);
+	if (argc == 4 && strcmp(argv[1], "stuck") == 0)
+		return queue_stuck(ctl, argv[2], argv[3]);
 	return ctl_usage("queue");
 }

@@ -79,6 +79,33 @@ cmd_alarm(struct ctl *ctl, int argc, char **argv)
 	return 0;
 }
 
+/*
+ * eavctl alarms [-a]: the alarms not resolved (-a: the latest 100 of
+ * any state), newest first; "alarms ack|resolve ..." as "alarm".
+ */
+int
+cmd_alarms(struct ctl *ctl, int argc, char **argv)
+{
+	static const char *const hdr[] = { "id", "severity", "type",
+	    "subject", "state", "count", "last_raised", "message" };
+	const char	*params[1] = { "false" };
+	PGresult	*res;
+	int		 r;
+
+	if (argc >= 2 && (strcmp(argv[1], "ack") == 0 ||
+	    strcmp(argv[1], "resolve") == 0))
+		return cmd_alarm(ctl, argc, argv);
+	if (argc == 2 && strcmp(argv[1], "-a") == 0)
+		params[0] = "true";
+	else if (argc != 1)
+		return ctl_usage("alarms");
+	if ((r = ctl_call(ctl, DB_ALARMS_LIST, params, &res)) != 0)
+		return r;
+	table_print(res, hdr, 0);
+	PQclear(res);
+	return 0;
+}
+
 /* eavctl migrate: applies the migrations this binary carries. */
 int
 cmd_migrate(struct ctl *ctl, int argc, char **argv)

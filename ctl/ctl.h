@@ -43,6 +43,7 @@ int	cmd_event(struct ctl *, int, char **);
 int	cmd_status(struct ctl *, int, char **);
 int	cmd_migrate(struct ctl *, int, char **);
 int	cmd_alarm(struct ctl *, int, char **);
+int	cmd_alarms(struct ctl *, int, char **);
 
 /* cmd_tools.c */
 int	cmd_tools(struct ctl *, int, char **);

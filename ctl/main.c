@@ -30,12 +30,15 @@ static const struct ctl_cmd cmds[] = {
 	{ "event", cmd_event, "event source event_key type body" },
 	{ "status", cmd_status, "status" },
 	{ "queue", cmd_queue, "queue list | queue set [-m max_attempts] "
-	    "[-b retry_base_ms] [-x retry_max_ms] [-d description] name" },
+	    "[-b retry_base_ms] [-x retry_max_ms] [-d description] name | "
+	    "queue stuck name stuck_after_ms" },
 	{ "tools", cmd_tools, "tools list | tools show name | tools register "
 	    "[-i] [-t timeout_ms] [-d description] name kind config|- | "
 	    "tools reset name" },
 	{ "kill-switch", cmd_kill, "kill-switch [list] | kill-switch on|off "
 	    "[--queue queue | --tool tool] --reason reason" },
+	{ "alarms", cmd_alarms, "alarms [-a] | alarms ack id | "
+	    "alarms resolve [-n note] id" },
 	{ "alarm", cmd_alarm, "alarm ack id | alarm resolve [-n note] id" },
 	{ "inject", cmd_inject, "inject list [-a] | inject points | "
 	    "inject arm [-n count] [-s step_id] [-t tool] point "

@@ -8,6 +8,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <event2/event.h>
 
@@ -91,11 +92,23 @@ sweep_refresh(struct sup *sup, char **params)
 }
 
 static void
+stuck_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
+{
+	(void)sup;
+	(void)arg;
+	if (st == DB_OK && strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+		log_warnx("%s step(s) or queue(s) stuck: see eav.alarms",
+		    PQgetvalue(res, 0, 0));
+}
+
+/* Each sweep also looks for stuck steps and stalled queues (sql/0013). */
+static void
 sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct sup	*sup = arg;
 	char		 inc[24], pids[1024];
 	const char	*params[3] = { sup->cfg.node_name, inc, pids };
+	const char	*actor[1] = { sup->actor };
 
 	(void)fd;
 	(void)what;
@@ -106,6 +119,8 @@ sweep_cb(evutil_socket_t fd, short what, void *arg)
 	sup->sweeping = 1;
 	sdb_submit(sup->db, DB_RECONCILE_SWEEP, params, sweep_done, NULL, 0);
 	sdb_set_refresh(sup->db, sweep_refresh);
+	if (sup->state != SUP_STOPPING)
+		sdb_submit(sup->db, DB_STUCK_SWEEP, actor, stuck_done, NULL, 0);
 }
 
 /* Arms the periodic sweep (and, at shutdown, runs one last time). */

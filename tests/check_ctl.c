@@ -612,6 +612,36 @@ START_TEST(test_kill_switch)
 }
 END_TEST
 
+/* alarms lists what is not resolved; queue stuck sets the threshold. */
+START_TEST(test_alarms_and_stuck)
+{
+	struct th_db	 db;
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.alarm_raise('test_alarm', "
+	    "'warning', 'thing:1', 'something is off')", 0));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarms", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "something is off"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarms", "ack", "1", NULL), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms "
+	    "WHERE state = 'acked' AND acked_by = 'operator:erin'", 0), 1);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarms", "resolve", "1", NULL),
+	    0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarms", NULL), 0);
+	ck_assert_ptr_null(strstr(out_read(), "something is off"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "alarms", "-a", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "something is off"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "stuck", "default",
+	    "120000", NULL), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT stuck_after_ms FROM "
+	    "eav.queues WHERE name = 'default'", 0), 120000);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "stuck", "default",
+	    "5", NULL), 2);
+	ck_assert_ptr_nonnull(strstr(out_read(), "stuck_after_ms"));
+	th_db_free(&db);
+}
+END_TEST
+
 /* status with eavd running lists its children and the queues. */
 START_TEST(test_status_eavd)
 {
@@ -668,6 +698,7 @@ suite_ctl(void)
 	tcase_add_test(tc, test_alarm);
 	tcase_add_test(tc, test_queue);
 	tcase_add_test(tc, test_kill_switch);
+	tcase_add_test(tc, test_alarms_and_stuck);
 	tcase_add_test(tc, test_tools);
 	tcase_add_test(tc, test_status_eavd);
 	tcase_set_timeout(tc, 90);

@@ -1,0 +1,111 @@
+/*
+ * Governance that eavd's sweep enforces: a step running past its queue's
+ * stuck_after_ms raises task_stuck (audited task.stuck), a queue whose
+ * runnable steps are not claimed raises queue_stalled, and each clears
+ * as soon as what it names has moved.  Bad thresholds are refused.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+#include <libpq-fe.h>
+
+#include "harness.h"
+
+#define DEADLINE_MS	30000
+
+static const char open_alarm[] =
+    "SELECT count(*) = 1 FROM eav.alarms WHERE type = $1 AND subject = $2 "
+    "AND state = 'open'";
+static const char resolved_alarm[] =
+    "SELECT count(*) = 1 FROM eav.alarms WHERE type = $1 AND subject = $2 "
+    "AND state = 'resolved'";
+
+START_TEST(test_stuck_threshold_refused)
+{
+	struct th_db	 db;
+	const char	*e;
+
+	th_db_new(&db);
+	e = th_err(db.conn, "SELECT eav.queue_set_stuck_after('default', "
+	    "999)", 0);
+	ck_assert_msg(strstr(e, "22023") && strstr(e, "stuck_after_ms"), "%s",
+	    e);
+	e = th_err(db.conn, "SELECT eav.queue_set_stuck_after('default', "
+	    "NULL)", 0);
+	ck_assert_msg(strstr(e, "22023"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.queue_set_stuck_after('nope', "
+	    "5000)", 0);
+	ck_assert_msg(strstr(e, "no queue"), "%s", e);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT stuck_after_ms FROM "
+	    "eav.queues WHERE name = 'default'", 0), 600000);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'queue.updated'", 0), 0);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A 3 s step on a queue whose threshold is 1 s: task_stuck while it
+ * runs, resolved once it succeeded.  A queue no worker serves: stalled,
+ * resolved once its task is cancelled.
+ */
+/* FM-024 */
+START_TEST(test_stuck_and_stalled)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		*slow, *idle, subject[48], qsub[] = "queue:idle";
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.queue_set('idle')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.queue_set_stuck_after("
+	    "'default', 1000, 'operator:test')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.queue_set_stuck_after("
+	    "'idle', 1000, 'operator:test')", 0));
+	th_eavd_conf(&e, &db, "[supervisor]\nworkers = 1\n"
+	    "sweep_interval = 100ms\n[worker]\nqueues = default\n");
+	th_eavd_up(&e, db.conn, 1);
+	slow = th_str(db.conn, "SELECT (eav.enqueue('sleep', '{\"ms\": 3000}')"
+	    " * 128 + 1)::text", 0);
+	idle = th_str(db.conn, "SELECT eav.enqueue('noop', '{}', 'idle')::text",
+	    0);
+	snprintf(subject, sizeof(subject), "step:%s", slow);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, open_alarm, 2, "task_stuck",
+	    subject));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'task.stuck' AND step_id = "
+	    "$1::bigint", 1, slow), 1);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, open_alarm, 2,
+	    "queue_stalled", qsub));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, resolved_alarm, 2,
+	    "task_stuck", subject));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps "
+	    "WHERE id = $1::bigint AND state = 'succeeded'", 1, slow), 1);
+	/* Raised once, not once per sweep. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT raise_count FROM eav.alarms "
+	    "WHERE type = 'queue_stalled'", 0), 1);
+	PQclear(th_exec(db.conn, "SELECT eav.task_cancel($1::bigint, "
+	    "'operator:test', 'nobody serves it')", 1, idle));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, resolved_alarm, 2,
+	    "queue_stalled", qsub));
+	th_eavd_stop_ok(&e);
+	free(slow);
+	free(idle);
+	th_db_free(&db);
+}
+END_TEST
+
+Suite *
+suite_governance(void)
+{
+	Suite	*s = suite_create("governance");
+	TCase	*tc = tcase_create("governance");
+
+	tcase_add_test(tc, test_stuck_threshold_refused);
+	tcase_add_test(tc, test_stuck_and_stalled);
+	tcase_set_timeout(tc, 120);
+	suite_add_tcase(s, tc);
+	return s;
+}

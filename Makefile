@@ -75,6 +75,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_queue.c \
 		ctl/cmd_tools.c \
 		ctl/cmd_kill.c \
+		ctl/cmd_budget.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \

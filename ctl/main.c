@@ -35,6 +35,8 @@ static const struct ctl_cmd cmds[] = {
 	{ "tools", cmd_tools, "tools list | tools show name | tools register "
 	    "[-i] [-t timeout_ms] [-d description] name kind config|- | "
 	    "tools reset name" },
+	{ "budget", cmd_budget, "budget [list] | budget set (-q queue | "
+	    "-t tool) retries_per_minute | budget clear (-q queue | -t tool)" },
 	{ "kill-switch", cmd_kill, "kill-switch [list] | kill-switch on|off "
 	    "[--queue queue | --tool tool] --reason reason" },
 	{ "alarms", cmd_alarms, "alarms [-a] | alarms ack id | "

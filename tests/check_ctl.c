@@ -638,6 +638,16 @@ START_TEST(test_alarms_and_stuck)
 	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "stuck", "default",
 	    "5", NULL), 2);
 	ck_assert_ptr_nonnull(strstr(out_read(), "stuck_after_ms"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "budget", "set", "-q", "default",
+	    "30", NULL), 0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "budget", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "queue:default"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "budget", "set", "-t", "noop",
+	    "0", NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "budget", "clear", "-q",
+	    "default", NULL), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.retry_budgets", 0), 0);
 	th_db_free(&db);
 }
 END_TEST

@@ -97,6 +97,77 @@ START_TEST(test_stuck_and_stalled)
 }
 END_TEST
 
+START_TEST(test_retry_budget_refused)
+{
+	struct th_db	 db;
+	const char	*e;
+
+	th_db_new(&db);
+	e = th_err(db.conn, "SELECT eav.retry_budget_set('queue', 'default',"
+	    " 0)", 0);
+	ck_assert_msg(strstr(e, "22023") && strstr(e, "between 1"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.retry_budget_set('queue', 'default',"
+	    " -5)", 0);
+	ck_assert_msg(strstr(e, "22023"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.retry_budget_set('queue', 'nope', "
+	    "5)", 0);
+	ck_assert_msg(strstr(e, "no queue"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.retry_budget_set('node', 'x', 5)", 0);
+	ck_assert_msg(strstr(e, "queue or tool"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.retry_budget_set('tool', 'noop', "
+	    "NULL)", 0);
+	ck_assert_msg(strstr(e, "EA003"), "%s", e);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.retry_budgets", 0), 0);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * 20 steps that fail retryably at once on a queue allowing 5 retries a
+ * minute: 5 retries run, the other 15 are deferred unspent to later
+ * windows, retry_storm is raised once; removing the budget resolves it.
+ */
+/* FM-029 */
+START_TEST(test_retry_storm_capped)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.queue_set('storm', 5, 1, 1)",
+	    0));
+	PQclear(th_exec(db.conn, "SELECT eav.retry_budget_set('queue', "
+	    "'storm', 5, 'operator:test')", 0));
+	th_eavd_conf(&e, &db, "[supervisor]\nworkers = 2\n");
+	th_eavd_up(&e, db.conn, 2);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('fail', "
+	    "'{\"retryable\": true}', 'storm') FROM generate_series(1, 20)",
+	    0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 15 FROM "
+	    "eav.steps WHERE state = 'pending' AND attempt = 1 AND "
+	    "run_at > now() + interval '20 seconds'", 0));
+	/* Retries that ran: attempt 2 closed by a completion. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type IN ('step.retry_scheduled', "
+	    "'step.failed') AND (payload->>'attempt')::int >= 2", 0), 5);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'retry.storm'", 0), 1);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, open_alarm, 2, "retry_storm",
+	    "queue:storm"));
+	ck_assert_int_ge(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'step.released' AND "
+	    "payload->>'reason' LIKE '%retry budget%'", 0), 15);
+	PQclear(th_exec(db.conn, "SELECT eav.retry_budget_set('queue', "
+	    "'storm', NULL, 'operator:test')", 0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, resolved_alarm, 2,
+	    "retry_storm", "queue:storm"));
+	th_eavd_stop_ok(&e);
+	th_assert_sound(db.conn);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_governance(void)
 {
@@ -105,6 +176,8 @@ suite_governance(void)
 
 	tcase_add_test(tc, test_stuck_threshold_refused);
 	tcase_add_test(tc, test_stuck_and_stalled);
+	tcase_add_test(tc, test_retry_budget_refused);
+	tcase_add_test(tc, test_retry_storm_capped);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;

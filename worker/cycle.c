@@ -180,7 +180,7 @@ step_new(struct worker *w, PGresult *res, int row)
 }
 
 /*
- * The claim's gate for a step (see sql/0009 and 0010): anything but ""
+ * The claim's gate for a step (see sql/0009, 0010, 0015): anything but ""
  * means the tool is not called, and the gate goes back as the outcome for
  * SQL to apply.  Returns 1 if the step was finished here.
  */
@@ -204,6 +204,10 @@ gate_apply(struct step *s, const char *gate)
 		s->retry_after_ms = KEY_WAIT_MS;
 		step_finish(s, OUT_DEFERRED, NULL, "not called: another step "
 		    "with this idempotency key is in flight");
+	} else if (strncmp(gate, "budget:", 7) == 0) {
+		s->retry_after_ms = strtoll(gate + 7, NULL, 10);
+		step_finish(s, OUT_DEFERRED, NULL, "not called: the retry "
+		    "budget of its queue or tool is spent");
 	} else	/* defer, or one this worker does not know: the safe one */
 		step_finish(s, OUT_DEFERRED, NULL, "not called: the tool is "
 		    "rate limited or unavailable");

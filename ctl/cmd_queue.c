@@ -81,7 +81,26 @@ queue_stuck(struct ctl *ctl, const char *name, const char *ms)
 	return 0;
 }
 
-/* eavctl queue list | queue set ... | queue stuck name ms */
+/* queue recursion name max_depth max_trace_tasks ("-" keeps one) */
+static int
+queue_recursion(struct ctl *ctl, char **argv)
+{
+	const char	*params[4] = { argv[0], argv[1], argv[2], ctl->actor };
+	PGresult	*res;
+	int		 r;
+
+	if (strcmp(argv[1], "-") == 0)
+		params[1] = NULL;
+	if (strcmp(argv[2], "-") == 0)
+		params[2] = NULL;
+	if ((r = ctl_call(ctl, DB_QUEUE_RECURSION, params, &res)) != 0)
+		return r;
+	printf("queue %s: recursion limits set\n", argv[0]);
+	PQclear(res);
+	return 0;
+}
+
+/* eavctl queue list | set ... | stuck name ms | recursion name d n */
 int
 cmd_queue(struct ctl *ctl, int argc, char **argv)
 {
@@ -91,5 +110,7 @@ cmd_queue(struct ctl *ctl, int argc, char **argv)
 		return queue_set(ctl, argc - 1, argv + 1);
 	if (argc == 4 && strcmp(argv[1], "stuck") == 0)
 		return queue_stuck(ctl, argv[2], argv[3]);
+	if (argc == 5 && strcmp(argv[1], "recursion") == 0)
+		return queue_recursion(ctl, argv + 2);
 	return ctl_usage("queue");
 }

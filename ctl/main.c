@@ -31,7 +31,8 @@ static const struct ctl_cmd cmds[] = {
 	{ "status", cmd_status, "status" },
 	{ "queue", cmd_queue, "queue list | queue set [-m max_attempts] "
 	    "[-b retry_base_ms] [-x retry_max_ms] [-d description] name | "
-	    "queue stuck name stuck_after_ms" },
+	    "queue stuck name stuck_after_ms | "
+	    "queue recursion name max_depth|- max_trace_tasks|-" },
 	{ "tools", cmd_tools, "tools list | tools show name | tools register "
 	    "[-i] [-t timeout_ms] [-d description] name kind config|- | "
 	    "tools reset name" },

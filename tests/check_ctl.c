@@ -638,6 +638,13 @@ START_TEST(test_alarms_and_stuck)
 	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "stuck", "default",
 	    "5", NULL), 2);
 	ck_assert_ptr_nonnull(strstr(out_read(), "stuck_after_ms"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "recursion", "default",
+	    "7", "-", NULL), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT max_depth * 10000000 + "
+	    "max_trace_tasks FROM eav.queues WHERE name = 'default'", 0),
+	    70001000);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "recursion", "default",
+	    "0", "-", NULL), 2);
 	ck_assert_int_eq(ctl(db.dsn, "erin", "budget", "set", "-q", "default",
 	    "30", NULL), 0);
 	ck_assert_int_eq(ctl(db.dsn, "erin", "budget", NULL), 0);

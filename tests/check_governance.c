@@ -168,6 +168,118 @@ START_TEST(test_retry_storm_capped)
 }
 END_TEST
 
+/*
+ * An exec tool (/bin/sh) whose result asks for children: $1 is a printf
+ * format of one child spec, whose %s gets this step's input; $2 copies.
+ */
+static const char loop_script[] =
+    "i=$(cat); c=$(printf \"$1\" \"$i\"); out=$c; k=1; "
+    "while [ $k -lt $2 ]; do out=\"$out,$c\"; k=$((k + 1)); done; "
+    "printf '{\"enqueue\": [%s]}' \"$out\"";
+
+static void
+loop_tool(PGconn *c, const char *name, const char *child, int n)
+{
+	char	num[8];
+
+	snprintf(num, sizeof(num), "%d", n);
+	PQclear(th_exec(c, "SELECT eav.tool_register($1, 'exec', "
+	    "jsonb_build_object('argv', jsonb_build_array('/bin/sh', '-c', "
+	    "$2::text, 'sh', $3::text, $4::text)), true, 10000)", 4, name,
+	    loop_script, child, num));
+}
+
+START_TEST(test_recursion_refused_settings)
+{
+	struct th_db	 db;
+	const char	*e;
+
+	th_db_new(&db);
+	e = th_err(db.conn, "SELECT eav.queue_set_recursion('default', 0, "
+	    "NULL)", 0);
+	ck_assert_msg(strstr(e, "22023") && strstr(e, "max_depth"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.queue_set_recursion('default', NULL, "
+	    "-1)", 0);
+	ck_assert_msg(strstr(e, "max_trace_tasks"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.queue_set_recursion('nope', 3, 3)",
+	    0);
+	ck_assert_msg(strstr(e, "no queue"), "%s", e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A task whose tool enqueues itself again: stopped at max_depth 4 (five
+ * tasks, depths 0-4); one that enqueues itself with one dedupe_key:
+ * stopped at the second use (cycle); one that enqueues three of itself:
+ * stopped at the trace's fan-out budget of 10.  Each refusal: audited
+ * loop.blocked, loop_blocked alarm about the trace; every task created
+ * succeeded.  A malformed spec is refused without failing its parent.
+ */
+/* FM-047 */
+START_TEST(test_self_triggering_chains)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		*t1, *t2, *t3, *t4;
+	static const char blocked[] = "SELECT count(*) = 1 FROM "
+	    "eav.audit_events a JOIN eav.tasks t ON t.id = a.task_id WHERE "
+	    "a.type = 'loop.blocked' AND a.payload->>'reason' = $2 AND "
+	    "t.trace_id = (SELECT trace_id FROM eav.tasks WHERE id = "
+	    "$1::bigint)";
+	static const char in_trace[] = "SELECT count(*) FROM eav.tasks WHERE "
+	    "trace_id = (SELECT trace_id FROM eav.tasks WHERE id = $1::bigint)"
+	    " AND state = 'succeeded'";
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.queue_set_recursion('default', "
+	    "4, 10, 'operator:test')", 0));
+	loop_tool(db.conn, "deep", "{\"kind\": \"deep\", \"steps\": "
+	    "[{\"tool\": \"deep\", \"input\": %s}]}", 1);
+	loop_tool(db.conn, "cyc", "{\"kind\": \"cyc\", \"dedupe_key\": "
+	    "\"k1\", \"steps\": [{\"tool\": \"cyc\", \"input\": %s}]}", 1);
+	loop_tool(db.conn, "fan", "{\"kind\": \"fan\", \"steps\": "
+	    "[{\"tool\": \"fan\", \"input\": %s}]}", 3);
+	loop_tool(db.conn, "bad", "{\"kind\": \"bad\", \"bogus\": %s}", 1);
+	th_eavd_conf(&e, &db, "[supervisor]\nworkers = 2\n");
+	th_eavd_up(&e, db.conn, 2);
+	t1 = th_str(db.conn, "SELECT eav.enqueue('deep', '{\"n\": 1}')::text",
+	    0);
+	t2 = th_str(db.conn, "SELECT eav.enqueue('cyc', '{\"n\": 2}')::text",
+	    0);
+	t3 = th_str(db.conn, "SELECT eav.enqueue('fan', '{\"n\": 3}')::text",
+	    0);
+	t4 = th_str(db.conn, "SELECT eav.enqueue('bad', '{\"n\": 4}')::text",
+	    0);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, blocked, 2, t1, "depth"));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, blocked, 2, t2, "cycle"));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) >= 1 FROM "
+	    "eav.audit_events WHERE type = 'loop.blocked' AND "
+	    "payload->>'reason' = 'fan_out'", 0));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) = 0 FROM "
+	    "eav.tasks WHERE state = 'active'", 0));
+	ck_assert_int_eq(th_ll(db.conn, in_trace, 1, t1), 5);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT max(depth) FROM eav.tasks "
+	    "WHERE kind = 'deep'", 0), 4);
+	ck_assert_int_eq(th_ll(db.conn, in_trace, 1, t2), 2);
+	ck_assert_int_eq(th_ll(db.conn, in_trace, 1, t3), 10);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms "
+	    "WHERE type = 'loop_blocked' AND state = 'open'", 0), 3);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'task.spawn_refused' AND task_id = "
+	    "$1::bigint AND payload->>'error' LIKE '%bogus%'", 1, t4), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks "
+	    "WHERE state <> 'succeeded'", 0), 0);
+	th_eavd_stop_ok(&e);
+	th_assert_sound(db.conn);
+	free(t1);
+	free(t2);
+	free(t3);
+	free(t4);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_governance(void)
 {
@@ -178,6 +290,8 @@ suite_governance(void)
 	tcase_add_test(tc, test_stuck_and_stalled);
 	tcase_add_test(tc, test_retry_budget_refused);
 	tcase_add_test(tc, test_retry_storm_capped);
+	tcase_add_test(tc, test_recursion_refused_settings);
+	tcase_add_test(tc, test_self_triggering_chains);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;

@@ -31,7 +31,7 @@ endif
 WARN	= -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	  -Wshadow -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2 \
 	  -Wformat-security -Wno-missing-field-initializers
-PKGS	= libpq libevent jansson inih libsystemd
+PKGS	= libpq libevent jansson inih libsystemd libcrypto
 CFLAGS	+= -std=c11 -D_GNU_SOURCE -DEAV_VERSION='"$(VERSION)"' $(OPT) $(WARN) \
 	   -fPIE -MMD -MP -Icommon -Iinject \
 	   $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -73,6 +73,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_rehearse.c \
 		ctl/cmd_queue.c \
 		ctl/cmd_tools.c \
+		ctl/cmd_audit.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \

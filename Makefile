@@ -55,7 +55,8 @@ SUPERVISOR_SRCS = supervisor/main.c \
 		supervisor/notify.c \
 		supervisor/policy.c \
 		supervisor/reconcile.c \
-		supervisor/sdb.c
+		supervisor/sdb.c \
+		supervisor/seal.c
 WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \

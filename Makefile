@@ -96,7 +96,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_inject.c \
 		tests/check_exec.c \
 		tests/check_http.c \
-		tests/check_mcp.c
+		tests/check_mcp.c \
+		tests/check_audit.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

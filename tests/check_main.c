@@ -14,7 +14,7 @@ main(void)
 	Suite	*(*const suites[])(void) = { suite_config, suite_schema,
 		    suite_transitions, suite_claim, suite_producer, suite_ctl,
 		    suite_inject, suite_supervisor, suite_crash, suite_exec,
-		    suite_http, suite_mcp };
+		    suite_http, suite_mcp, suite_audit };
 	SRunner	*sr = srunner_create(NULL);
 	size_t	 i;
 	int	 failed;

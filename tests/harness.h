@@ -134,5 +134,6 @@ Suite	*suite_inject(void) __attribute__((weak));
 Suite	*suite_exec(void) __attribute__((weak));
 Suite	*suite_http(void) __attribute__((weak));
 Suite	*suite_mcp(void) __attribute__((weak));
+Suite	*suite_audit(void) __attribute__((weak));
 
 #endif

@@ -237,7 +237,8 @@ static int
 walk_chunk(struct ctl *ctl, struct walk *w, int *more)
 {
 	char		 after[24], upto[24];
-	const char	*cp[2] = { after, CHUNK_ROWS }, *ep[2] = { after, upto };
+	const char	*cp[2] = { after, CHUNK_ROWS };
+	const char	*ep[2] = { after, upto };
 	PGresult	*ch, *ev;
 	int		 r;
 

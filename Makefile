@@ -31,7 +31,7 @@ endif
 WARN	= -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	  -Wshadow -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2 \
 	  -Wformat-security -Wno-missing-field-initializers
-PKGS	= libpq libevent jansson inih libsystemd
+PKGS	= libpq libevent jansson inih libsystemd libcrypto
 CFLAGS	+= -std=c11 -D_GNU_SOURCE -DEAV_VERSION='"$(VERSION)"' $(OPT) $(WARN) \
 	   -fPIE -MMD -MP -Icommon -Iinject \
 	   $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -56,7 +56,8 @@ SUPERVISOR_SRCS = supervisor/main.c \
 		supervisor/notify.c \
 		supervisor/policy.c \
 		supervisor/reconcile.c \
-		supervisor/sdb.c
+		supervisor/sdb.c \
+		supervisor/seal.c
 WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \
@@ -76,6 +77,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_tools.c \
 		ctl/cmd_kill.c \
 		ctl/cmd_budget.c \
+		ctl/cmd_audit.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \
@@ -99,7 +101,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_http.c \
 		tests/check_mcp.c \
 		tests/check_kill.c \
-		tests/check_governance.c
+		tests/check_governance.c \
+		tests/check_audit.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

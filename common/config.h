@@ -44,6 +44,8 @@ struct eav_config {
 	int	 producer_poll_interval;
 	int	 producer_demo;
 	int	 producer_demo_rate;
+
+	int	 audit_seal_interval;
 };
 
 int	config_load(struct eav_config *, const char *, char *, size_t);

@@ -61,6 +61,9 @@ int	cmd_queue(struct ctl *, int, char **);
 int	cmd_inject(struct ctl *, int, char **);
 int	cmd_check(struct ctl *, int, char **);
 
+/* cmd_audit.c */
+int	cmd_audit(struct ctl *, int, char **);
+
 /* cmd_rehearse.c */
 int	cmd_rehearse(struct ctl *, int, char **);
 

@@ -47,6 +47,8 @@ static const struct ctl_cmd cmds[] = {
 	    "inject arm [-n count] [-s step_id] [-t tool] point "
 	    "action[:arg] | inject disarm id|all" },
 	{ "check", cmd_check, "check [-q]   (-q: the queue has drained)" },
+	{ "audit", cmd_audit, "audit verify [--anchor FILE] | "
+	    "audit anchor FILE" },
 	{ "rehearse", cmd_rehearse, "rehearse [-n kills] [-i interval_ms] "
 	    "[-p point] [-w wait_s] [-o postmortem.md]" },
 };

@@ -4,7 +4,7 @@
 set -eu
 
 pkgs="gcc make pkg-config libpq-dev libevent-dev check libsystemd-dev
-libjansson-dev libinih-dev postgresql-15 postgresql-client-15"
+libjansson-dev libinih-dev libssl-dev postgresql-15 postgresql-client-15"
 case "${1:-run}" in
 check) pkgs="$pkgs systemd" ;;
 valgrind) pkgs="$pkgs systemd valgrind" ;;

@@ -439,6 +439,8 @@ sup_free(struct sup *sup)
 			event_free(sup->sig_ev[i]);
 	if (sup->sweep_ev)
 		event_free(sup->sweep_ev);
+	if (sup->seal_ev)
+		event_free(sup->seal_ev);
 	if (sup->grace_ev)
 		event_free(sup->grace_ev);
 	if (sup->ready_ev)
@@ -512,6 +514,7 @@ main(int argc, char **argv)
 	sup.state = SUP_RUNNING;
 	sup_start_children(&sup);
 	reconcile_sweep_start(&sup);
+	seal_start(&sup);
 	notify_init(&sup);
 	if (event_base_dispatch(sup.base) == -1)
 		fatalx("event loop failed");

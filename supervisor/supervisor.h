@@ -92,6 +92,7 @@ struct sup {
 	struct sdb		*db;
 	struct event		*sig_ev[5];
 	struct event		*sweep_ev;
+	struct event		*seal_ev;	/* audit sealer (seal.c) */
 	struct event		*grace_ev;
 	struct event		*ready_ev;
 	struct event		*exit_ev;
@@ -101,6 +102,7 @@ struct sup {
 	int			 sweeping;
 	int			 final_sent;	/* last sweep and stop sent */
 	long long		 reconciled;
+	long long		 sealed;	/* audit rows chained */
 };
 
 typedef void (*sdb_cb)(struct sup *, void *, PGresult *, enum db_status);
@@ -129,6 +131,9 @@ void	policy_describe_exit(int, char *, size_t);
 /* reconcile.c */
 void	reconcile_child(struct child *);
 void	reconcile_sweep_start(struct sup *);
+
+/* seal.c */
+void	seal_start(struct sup *);
 
 /* sdb.c */
 struct sdb *sdb_new(struct sup *, struct db *);

@@ -31,7 +31,7 @@ endif
 WARN	= -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	  -Wshadow -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2 \
 	  -Wformat-security -Wno-missing-field-initializers
-PKGS	= libpq libevent jansson inih libsystemd
+PKGS	= libpq libevent libevent_openssl openssl jansson inih libsystemd
 CFLAGS	+= -std=c11 -D_GNU_SOURCE -DEAV_VERSION='"$(VERSION)"' $(OPT) $(WARN) \
 	   -fPIE -MMD -MP -Icommon -Iinject \
 	   $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -63,6 +63,7 @@ WORKER_SRCS =	worker/main.c \
 		worker/toolproc.c \
 		worker/tool_exec.c \
 		worker/tool_http.c \
+		worker/tls.c \
 		worker/tool_mcp.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
@@ -110,7 +111,7 @@ FAR_BINS = $(BUILD)/bin/recorder \
 	   $(BUILD)/bin/httpd \
 	   $(BUILD)/bin/mcpd
 FAR_PKGS = libpq jansson
-HTTPD_PKGS = libevent jansson
+HTTPD_PKGS = libevent libevent_openssl openssl jansson
 
 .PHONY: all run stop check check-build check-fm valgrind install uninstall \
 	clean deps lint bench

@@ -890,9 +890,11 @@ setup_tls(struct th_db *db, struct th_eavd *e, struct far *f,
 /*
  * https with the tool's ca_file: calls by DNS name (SNI, the name
  * checked) and by address succeed; once the request has left, a lost
- * connection and a hung answer are unknown outcomes, as over http.
+ * connection and a hung answer are unknown outcomes, as over http, and
+ * so is an answer without Content-Length whose connection closes without
+ * TLS's close_notify: it may have been cut short.
  */
-/* FM-063, FM-064 */
+/* FM-063, FM-064, FM-065 */
 START_TEST(test_https_calls)
 {
 	struct th_db	 db;
@@ -900,7 +902,7 @@ START_TEST(test_https_calls)
 	struct far	 f;
 	struct certs	 k;
 	const char	*ok, *ip, *lost, *hang;
-	char		 ca[400], addr[64];
+	char		 ca[400], addr[64], cut[24];
 
 	setup_tls(&db, &e, &f, &k, "https1");
 	snprintf(ca, sizeof(ca), "\"ca_file\": \"%s\"", k.ca);
@@ -920,6 +922,10 @@ START_TEST(test_https_calls)
 	    "200 AND (result->'body'->'body'->>'order')::int = 7 AND "
 	    "result->'body'->'headers'->>'host' LIKE 'localhost:%' AND "
 	    "attempt = 1)::int"), 1);
+	/* th_enqueue keeps 4 ids: ok's is reused from here on. */
+	snprintf(cut, sizeof(cut), "%s", th_enqueue(db.conn, "far",
+	    "{\"mode\": \"raw\", \"times\": 1, \"raw\": \"HTTP/1.1 200 OK"
+	    "\\r\\nConnection: close\\r\\n\\r\\n{\\\"fine\\\": true}\"}", 3));
 	th_wait_state(db.conn, &e, ip, "succeeded");
 	th_wait_state(db.conn, &e, lost, "succeeded");
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
@@ -930,7 +936,11 @@ START_TEST(test_https_calls)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
 	    "= 'tool_timeout'", 1, hang), 1);
-	ck_assert_int_eq(far_stat(&f, "deliveries"), 5);
+	th_wait_state(db.conn, &e, cut, "succeeded");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
+	    "= 'tool_lost'", 1, cut), 1);
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 7);
 	teardown(&db, &e, &f);
 }
 END_TEST

@@ -7,6 +7,8 @@
 #   make check-fm   docs/03-failure-modes.md against the tests and the last
 #                   make check run (CHECK_LOG=...xml for another run's log)
 #   make valgrind   the worker and supervisor suites under valgrind
+#   make bench      the benchmarks, appended to bench/RESULTS.md (20-30 min)
+#   make bench-http HTTP tool calls/s against the test far side (1 min)
 #   make soak-ci    the chaos soak of CI (about 4 minutes; SEEDS=all: 3 seeds)
 #   make soak       the long chaos soak (about 25 minutes; not in CI)
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -114,7 +116,7 @@ FAR_PKGS = libpq jansson
 HTTPD_PKGS = libevent libevent_openssl openssl jansson
 
 .PHONY: all run stop check check-build check-fm valgrind install uninstall \
-	clean deps lint bench
+	clean deps lint bench bench-http
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -206,10 +208,19 @@ valgrind:
 lint:
 	@scripts/lint.sh
 
+# The http figure calls the test far side, built like the daemons (not
+# sanitized) into build/bin.
 bench:
 	@scripts/deps.sh bench
-	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench
+	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench \
+	    $(BUILD)/bin/httpd
 	@bench/run.sh
+
+bench-http:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench \
+	    $(BUILD)/bin/httpd
+	@bench/http.sh
 
 # SEEDS: empty (one of three fixed seeds, picked by the commit), all, or
 # a number.

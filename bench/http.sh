@@ -6,6 +6,7 @@
 # runs and appends the figure, with the date, commit and machine, to
 # bench/RESULTS.md.  make bench measures the same in each of its rounds.
 #   bench/http.sh [N] [RUNS]          (default 5000 calls, 3 runs)
+# shellcheck disable=SC2154 # $tmp and $dsn come from bench/cluster.sh
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

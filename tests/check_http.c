@@ -945,12 +945,30 @@ START_TEST(test_https_calls)
 }
 END_TEST
 
+/* Puts a copy of file from at to, through a rename. */
+static void
+file_copy(const char *from, const char *to)
+{
+	char	 buf[16384], tmp[400];
+	ssize_t	 n = th_read_file(from, buf, sizeof(buf));
+	FILE	*fp;
+
+	ck_assert_int_gt(n, 0);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", to);
+	ck_assert_ptr_nonnull(fp = fopen(tmp, "w"));
+	ck_assert_int_eq(fwrite(buf, 1, (size_t)n, fp), (size_t)n);
+	ck_assert_int_eq(fclose(fp), 0);
+	ck_assert_int_eq(rename(tmp, to), 0);
+}
+
 /*
  * Certificates that do not verify fail the step at once, naming the
  * reason, before any request: a CA the worker does not trust (the
- * system's, without ca_file), a certificate for another host (by name,
- * by address).  So does a ca_file the worker cannot use.  Each counts
- * against the tool's health; the far sides see no request.
+ * system's, without ca_file; a ca_file without the far side's CA), a
+ * certificate for another host (by name, by address).  So does a
+ * ca_file the worker cannot use.  Each counts against the tool's
+ * health; the far sides see no request.  A ca_file that changes is read
+ * again: once it holds the right CA, the task retried succeeds.
  */
 /* FM-077, FM-079 */
 START_TEST(test_https_bad_certificate)
@@ -961,6 +979,8 @@ START_TEST(test_https_bad_certificate)
 	} cases[] = {
 		{ "untrusted", "does not verify: unable to get local issuer "
 		    "certificate; the request was not sent" },
+		{ "rotated", "does not verify: unable to get local issuer "
+		    "certificate" },
 		{ "wrongname", "does not verify: hostname mismatch" },
 		{ "wrongaddr", "does not verify: IP address mismatch" },
 		{ "nofile", "none.pem cannot be read: No such file or "
@@ -973,8 +993,8 @@ START_TEST(test_https_bad_certificate)
 	struct th_eavd	 e;
 	struct far	 f, w;
 	struct certs	 k;
-	char		 ca[400], nofile[400], notpem[400], addr[64];
-	char		 step[5][24];
+	char		 ca[400], nofile[400], notpem[400], rotcfg[400];
+	char		 rot[300], addr[64], step[6][24];
 	size_t		 i;
 
 	setup_tls(&db, &e, &f, &k, "https2");
@@ -985,7 +1005,13 @@ START_TEST(test_https_bad_certificate)
 	    health, k.dir);
 	snprintf(notpem, sizeof(notpem), "%s, \"ca_file\": \"%s\"", health,
 	    k.cnf);
+	/* A bundle that holds a certificate, but not the far side's CA. */
+	snprintf(rot, sizeof(rot), "%s/rotated.pem", k.dir);
+	file_copy(k.wrong, rot);
+	snprintf(rotcfg, sizeof(rotcfg), "%s, \"ca_file\": \"%s\"", health,
+	    rot);
 	reg_tls(db.conn, &f, "localhost", "untrusted", 1, 5000, health);
+	reg_tls(db.conn, &f, "localhost", "rotated", 1, 5000, rotcfg);
 	reg_tls(db.conn, &w, "localhost", "wrongname", 1, 5000, ca);
 	reg_tls(db.conn, &w, addr, "wrongaddr", 1, 5000, ca);
 	reg_tls(db.conn, &f, "localhost", "nofile", 1, 5000, nofile);
@@ -1000,11 +1026,16 @@ START_TEST(test_https_bad_certificate)
 		ck_assert_int_eq(step_ll(db.conn, step[i], "attempt"), 1);
 	}
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
-	    "health = 'degraded' AND consecutive_errors = 1", 0), 5);
+	    "health = 'degraded' AND consecutive_errors = 1", 0), 6);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.unknown_outcomes", 0), 0);
 	ck_assert_int_eq(far_stat(&f, "deliveries"), 0);
 	ck_assert_int_eq(far_stat(&w, "deliveries"), 0);
+	file_copy(k.ca, rot);
+	PQclear(th_exec(db.conn, "SELECT eav.task_retry($1::bigint / 128)", 1,
+	    step[1]));
+	th_wait_state(db.conn, &e, step[1], "succeeded");
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 1);
 	far_stop(&w);
 	teardown(&db, &e, &f);
 }

@@ -8,7 +8,7 @@
 #                   make check run (CHECK_LOG=...xml for another run's log)
 #   make valgrind   the worker and supervisor suites under valgrind
 #   make bench      the benchmarks, appended to bench/RESULTS.md (20-30 min)
-#   make bench-http HTTP tool calls/s against the test far side (1 min)
+#   make bench-http HTTP tool calls/s against the test far side (about 30 s)
 #   make soak-ci    the chaos soak of CI (about 4 minutes; SEEDS=all: 3 seeds)
 #   make soak       the long chaos soak (about 25 minutes; not in CI)
 #   make install    PREFIX=/usr/local DESTDIR=

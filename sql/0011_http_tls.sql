@@ -1,4 +1,4 @@
--- 0010_http_tls: https for the http tool.  The worker verifies every far
+-- 0011_http_tls: https for the http tool.  The worker verifies every far
 -- side (its chain and its host; there is no switch to turn that off)
 -- against the system's CA certificates, or against the PEM bundle the
 -- config's new field ca_file names.  A certificate that does not verify

@@ -7,6 +7,8 @@
 #   make check-fm   docs/03-failure-modes.md against the tests and the last
 #                   make check run (CHECK_LOG=...xml for another run's log)
 #   make valgrind   the worker and supervisor suites under valgrind
+#   make bench      the benchmarks, appended to bench/RESULTS.md (20-30 min)
+#   make bench-http HTTP tool calls/s against the test far side (about 30 s)
 #   make soak-ci    the chaos soak of CI (about 4 minutes; SEEDS=all: 3 seeds)
 #   make soak       the long chaos soak (about 25 minutes; not in CI)
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -31,7 +33,7 @@ endif
 WARN	= -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	  -Wshadow -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2 \
 	  -Wformat-security -Wno-missing-field-initializers
-PKGS	= libpq libevent jansson inih libsystemd libcrypto
+PKGS	= libpq libevent libevent_openssl openssl jansson inih libsystemd
 CFLAGS	+= -std=c11 -D_GNU_SOURCE -DEAV_VERSION='"$(VERSION)"' $(OPT) $(WARN) \
 	   -fPIE -MMD -MP -Icommon -Iinject \
 	   $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -65,6 +67,7 @@ WORKER_SRCS =	worker/main.c \
 		worker/toolproc.c \
 		worker/tool_exec.c \
 		worker/tool_http.c \
+		worker/tls.c \
 		worker/tool_mcp.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
@@ -118,10 +121,10 @@ FAR_BINS = $(BUILD)/bin/recorder \
 	   $(BUILD)/bin/httpd \
 	   $(BUILD)/bin/mcpd
 FAR_PKGS = libpq jansson
-HTTPD_PKGS = libevent jansson
+HTTPD_PKGS = libevent libevent_openssl openssl jansson
 
 .PHONY: all run stop check check-build check-fm valgrind install uninstall \
-	clean deps lint bench
+	clean deps lint bench bench-http
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -213,10 +216,19 @@ valgrind:
 lint:
 	@scripts/lint.sh
 
+# The http figure calls the test far side, built like the daemons (not
+# sanitized) into build/bin.
 bench:
 	@scripts/deps.sh bench
-	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench
+	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench \
+	    $(BUILD)/bin/httpd
 	@bench/run.sh
+
+bench-http:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench \
+	    $(BUILD)/bin/httpd
+	@bench/http.sh
 
 # SEEDS: empty (one of three fixed seeds, picked by the commit), all, or
 # a number.

@@ -9,6 +9,7 @@
  *   eavbench latency -d dsn -n N -g gap_ms -c workers
  *   eavbench kill    -d dsn -n N -c workers
  *   eavbench killswitch -d dsn -n N -c workers
+ *   eavbench http    -d dsn -n N -c workers
  *
  * drain: N no-op steps (plus `behind` pending steps after them) drained
  * by eavd with every transition audited; the clock runs from eavd's start
@@ -22,6 +23,10 @@
  * global kill switch and time the call: it returns once every claim in
  * flight has committed, so it bounds engage -> last claim committed; the
  * audit must show no step.claimed between each engage and its release.
+ * http: N steps of an http tool against the test far side (httpd, built
+ * beside eavbench; one process, one loop, 127.0.0.1), eavd up first with
+ * its workers at their default concurrency; the clock runs from the
+ * enqueue until the database shows the N steps succeeded.
  */
 #include <sys/wait.h>
 
@@ -55,6 +60,7 @@ struct bench {
 	PGconn		*conn;
 	pid_t		 eavd;
 	char		 conf[256];
+	char		 bindir[512];
 	char		 eavd_path[600];
 };
 
@@ -76,11 +82,14 @@ static void	 mode_latency(struct bench *);
 static void	 mode_killswitch(struct bench *);
 static void	 mode_kill(struct bench *);
 static double	 kill_once(struct bench *, double *);
+static pid_t	 far_start(struct bench *, int *);
+static void	 far_stop(pid_t);
+static void	 mode_http(struct bench *);
 
 static void
 usage(void)
 {
-	fprintf(stderr, "usage: eavbench drain|latency|kill|killswitch "
+	fprintf(stderr, "usage: eavbench drain|latency|kill|killswitch|http "
 	    "-d dsn -n count -c workers [-g gap_ms] [-b behind] "
 	    "[-a audit_rows]\n");
 	exit(2);
@@ -538,6 +547,90 @@ mode_killswitch(struct bench *b)
 	    "\"max_ms\": %.1f, \"claims_after_engage\": %lld}\n", b->n,
 	    pct(lat, b->n, 50), pct(lat, b->n, 99), lat[b->n - 1], after);
 	free(lat);
+/* Starts the far side (--quiet: a log line per call would cost more than
+ * the call) and returns its pid, with its port in *port. */
+static pid_t
+far_start(struct bench *b, int *port)
+{
+	char		 path[600], portfile[256], buf[32];
+	char		*argv[] = { path, "-p", portfile, "--quiet", NULL };
+	FILE		*fp;
+	pid_t		 pid;
+	int		 i;
+
+	snprintf(path, sizeof(path), "%s/httpd", b->bindir);
+	snprintf(portfile, sizeof(portfile), "/tmp/eavbench-%d.port",
+	    (int)getpid());
+	unlink(portfile);
+	if ((pid = spawn_child(path, argv, NULL, -1, SIGKILL)) == -1)
+		fatal("cannot start %s", path);
+	for (*port = 0, i = 0; *port == 0; i++) {
+		if (i > 10000)
+			fatalx("%s did not write %s", path, portfile);
+		if ((fp = fopen(portfile, "r")) != NULL) {
+			if (fgets(buf, sizeof(buf), fp) != NULL)
+				*port = atoi(buf);
+			fclose(fp);
+		}
+		if (*port == 0)
+			pause_ms(1);
+	}
+	unlink(portfile);
+	return pid;
+}
+
+static void
+far_stop(pid_t pid)
+{
+	int	status;
+
+	if (kill(pid, SIGTERM) == -1 || waitpid(pid, &status, 0) != pid)
+		fatal("cannot stop the far side");
+}
+
+static void
+mode_http(struct bench *b)
+{
+	char	 cfg[128], n[24], chunk[24];
+	double	 t0, te, t1;
+	long	 r;
+	pid_t	 far;
+	int	 port, i;
+
+	far = far_start(b, &port);
+	fresh_schema(b);
+	snprintf(cfg, sizeof(cfg), "{\"url\": \"http://127.0.0.1:%d/call\"}",
+	    port);
+	PQclear(q(b, "SELECT eav.tool_register('bench.http', 'http', "
+	    "$1::jsonb, true, 10000)", 1, cfg));
+	eavd_start(b, "");
+	wait_up(b);
+	snprintf(n, sizeof(n), "%ld", b->n);
+	t0 = now_s();
+	for (r = 0; r < b->n; r += 10000) {
+		snprintf(chunk, sizeof(chunk), "%ld",
+		    b->n - r < 10000 ? b->n - r : 10000);
+		PQclear(q(b, "SELECT count(*) FROM eav.enqueue_many("
+		    "'bench.http', (SELECT jsonb_agg(jsonb_build_object('i', "
+		    "g)) FROM generate_series(1, $1::int) g))", 1, chunk));
+	}
+	te = now_s();
+	for (i = 0; q_ll(b, "SELECT count(*) FROM eav.steps WHERE state IN "
+	    "('pending', 'running')", 0) > 0; i++) {
+		if (i > DEADLINE_MS / 5)
+			fatalx("the http steps did not finish");
+		pause_ms(5);
+	}
+	t1 = now_s();
+	eavd_stop(b);
+	far_stop(far);
+	if (q_ll(b, "SELECT count(*) FROM eav.steps WHERE state = "
+	    "'succeeded'", 0) != b->n)
+		fatalx("not all %s http steps succeeded", n);
+	printf("RESULT {\"lib\": \"eav\", \"test\": \"http\", "
+	    "\"concurrency\": %d, \"n\": %ld, \"enqueue_ms\": %.0f, "
+	    "\"process_ms\": %.0f, \"calls_per_s\": %.0f}\n", b->workers,
+	    b->n, (te - t0) * 1000, (t1 - t0) * 1000, b->n / (t1 - t0));
 }
 
 int
@@ -574,6 +667,7 @@ main(int argc, char **argv)
 		fatal("readlink");
 	self[len] = '\0';
 	*strrchr(self, '/') = '\0';
+	snprintf(b.bindir, sizeof(b.bindir), "%s", self);
 	snprintf(b.eavd_path, sizeof(b.eavd_path), "%s/eavd", self);
 	if ((b.conn = PQconnectdb(b.dsn)) == NULL ||
 	    PQstatus(b.conn) != CONNECTION_OK)
@@ -587,6 +681,8 @@ main(int argc, char **argv)
 		mode_kill(&b);
 	else if (strcmp(b.mode, "killswitch") == 0)
 		mode_killswitch(&b);
+	else if (strcmp(b.mode, "http") == 0)
+		mode_http(&b);
 	else
 		usage();
 	fflush(stdout);

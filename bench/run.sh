@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make bench: eav side by side with graphile-worker, pg-boss and the
 # pgbench limits, on one throwaway cluster with durable settings, in rounds
-# that interleave the contenders so drift hits them alike.  Prints one
-# table and appends it, with the date, commit and machine, to
-# bench/RESULTS.md.
+# that interleave the contenders so drift hits them alike; each round also
+# times HTTP tool calls against the test far side (bench/http.sh alone is
+# `make bench-http`).  Prints one table and appends it, with the date,
+# commit and machine, to bench/RESULTS.md.
 #
 #   bench/run.sh                 full run (about 20-30 minutes)
 #   BENCH_QUICK=1 bench/run.sh   a 2-minute subset for development
@@ -20,53 +21,16 @@ peers_dir=${PEERS_DIR:-$root/../shared/peers}
 bin=$root/build/bin
 if [ "$quick" = 1 ]; then
 	rounds=1 n=10000 concs="4" pg_secs=8 lat_n=100 kills=50 lat_runs=1
-	engages=20
+	engages=20 http_n=2000
 else
 	rounds=3 n=20000 concs="4 8" pg_secs=20 lat_n=200 kills=200 lat_runs=3
-	engages=100
+	engages=100 http_n=5000
 fi
 mkdir -p "$root/bench/out"
 log=$root/bench/out/run-$(date -u +%Y%m%d-%H%M%S).log
 
 # --- the cluster ---------------------------------------------------------
-tmp=$(mktemp -d /tmp/eavbench.XXXXXX)
-chmod 755 "$tmp"
-pg_own "$tmp"
-as_pg mkdir "$tmp/pg" "$tmp/sock"
-export EAVBENCH_PGDATA=$tmp/pg EAVBENCH_SOCKDIR=$tmp/sock EAVBENCH_PORT=55433
-export PGHOST=$tmp/sock PGPORT=55433 PGUSER=postgres PGDATABASE=bench
-cleanup() {
-	as_pg "$PGBIN/pg_ctl" -D "$tmp/pg" -m immediate stop >/dev/null 2>&1 ||
-	    true
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-as_pg "$PGBIN/initdb" -D "$tmp/pg" -U postgres --auth=trust \
-    --encoding=UTF8 --locale=C.UTF-8 >"$tmp/initdb.log" 2>&1
-cat <<CONF | as_pg tee -a "$tmp/pg/postgresql.conf" >/dev/null
-listen_addresses = ''
-unix_socket_directories = '$tmp/sock'
-port = 55433
-max_connections = 200
-shared_buffers = 256MB
-fsync = on
-synchronous_commit = on
-full_page_writes = on
-wal_level = replica
-max_wal_size = 4GB
-checkpoint_timeout = 15min
-effective_cache_size = 4GB
-work_mem = 8MB
-maintenance_work_mem = 256MB
-autovacuum = on
-CONF
-as_pg "$PGBIN/pg_ctl" -D "$tmp/pg" -l "$tmp/pg.log" -w -t 60 start >/dev/null
-"$PGBIN/createdb" bench
-for s in fsync synchronous_commit full_page_writes; do
-	v=$("$PGBIN/psql" -X -qtA -c "SHOW $s")
-	[ "$v" = on ] || { echo "bench: $s is $v, not on" >&2; exit 1; }
-done
-dsn="host=$tmp/sock port=55433 user=postgres dbname=bench"
+. "$root/bench/cluster.sh"
 
 # --- the peers -----------------------------------------------------------
 peers=0
@@ -101,6 +65,8 @@ try() { "$@" || echo "bench: FAILED: $*" >&2; }
 	echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r); $("$PGBIN/psql" -X -qtA -c 'SELECT version()' | cut -d' ' -f1-2)"
 	for r in $(seq 1 "$rounds"); do
 		echo "== round $r"
+		# HTTP tool calls against tests/far/httpd, 4 workers (issue 6).
+		try "$bin/eavbench" http -d "$dsn" -n "$http_n" -c 4 2>/dev/null
 		for c in $concs; do
 			try "$root/bench/pgbench.sh" two-commit "$c" "$pg_secs" 200000
 			try "$root/bench/pgbench.sh" one-commit "$c" "$pg_secs" 200000

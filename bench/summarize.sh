@@ -50,6 +50,8 @@ def mib: if . == null or . <= 0 then "n/a" else ((. / 1024 * 10 | round) / 10 | 
   "| unknown → running again, p50 / p99 (ms after its back-off) | \($k.again_p50_ms | r1) / \($k.again_p99_ms | r1) | — | p99 ≤ 1000 + back-off |",
   ([$all[] | select(.lib == "eav" and .test == "killswitch")][0]) as $ks
   | "| kill switch engage → last claim committed, p50 / p99 (ms), under load; claims after an engage | \($ks.p50_ms | r1) / \($ks.p99_ms | r1) over \($ks.count // 0) engages; \($ks.claims_after_engage // "n/a") | — | p99 ≤ 50 ms, 0 claims |",
+  ([$all[] | select(.lib == "eav" and .test == "http") | .calls_per_s]) as $h
+  | "| HTTP tool calls/s against the local test server (tests/far/httpd), 4 workers, \([$all[] | select(.test == "http") | .n][0] // "n/a") calls; median of rounds (each) | \($h | median | r0) (\($h | map(r0) | join(", "))) | — | — |",
   ([$all[] | select(.lib == "eav" and .test == "throughput" and .rss_kib != null) | .rss_kib]) as $r
   | ([$all[] | select(.lib == "graphile-worker" and .rss_kib != null) | .rss_kib]) as $gr
   | ([$all[] | select(.lib == "pg-boss" and .rss_kib != null) | .rss_kib]) as $pr

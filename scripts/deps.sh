@@ -3,11 +3,14 @@
 #   scripts/deps.sh [run|check|valgrind|bench]
 set -eu
 
-pkgs="gcc make pkg-config libpq-dev libevent-dev check libsystemd-dev
-libjansson-dev libinih-dev libssl-dev postgresql-15 postgresql-client-15"
+# libevent-dev brings libevent_openssl (libevent-openssl-2.1-7); the tests
+# make their throwaway CA and certificates with the openssl program.
+pkgs="gcc make pkg-config libpq-dev libevent-dev libevent-openssl-2.1-7
+libssl-dev check libsystemd-dev libjansson-dev libinih-dev postgresql-15
+postgresql-client-15"
 case "${1:-run}" in
-check) pkgs="$pkgs systemd" ;;
-valgrind) pkgs="$pkgs systemd valgrind" ;;
+check) pkgs="$pkgs systemd openssl" ;;
+valgrind) pkgs="$pkgs systemd valgrind openssl" ;;
 bench) pkgs="$pkgs jq" ;;
 esac
 

@@ -8,14 +8,19 @@
  * side and nowhere else, health (degraded, unavailable with an alarm,
  * fail fast, probe), client idempotency keys (replay, collision), and
  * SIGKILLs of workers in the middle of calls: at most one effect per key.
+ * https against the far side under --tls, with a throwaway CA and
+ * certificates the openssl program makes for each test: calls by name
+ * and by address, certificates that do not verify, handshakes that fail.
  */
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <netinet/in.h>
 #include <arpa/inet.h>
 
 #include <errno.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +30,7 @@
 #include <check.h>
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <openssl/ssl.h>
 
 #include "harness.h"
 
@@ -37,28 +43,58 @@ static char	every[] = "--every";
 struct far {
 	pid_t	pid;
 	int	port;
+	int	tls;		/* serves https only */
+	char	host[64];	/* it listens on host's first address */
 	char	portfile[256];
 };
+
+/* A throwaway CA and two server certificates it signed, per test. */
+struct certs {
+	char	dir[256];
+	char	cnf[300];
+	char	ca[300], ca_key[300];
+	char	good[300], good_key[300];	/* localhost, 127.0.0.1, ::1 */
+	char	wrong[300], wrong_key[300];	/* wrong.example only */
+};
+
+/* openssl req's config: the extensions of a CA and of the two servers. */
+static const char certs_cnf[] =
+    "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = eav test\n"
+    "[ca]\nbasicConstraints = critical,CA:TRUE\n"
+    "keyUsage = critical,keyCertSign,cRLSign\n"
+    "subjectKeyIdentifier = hash\n"
+    "[good]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n"
+    "subjectAltName = DNS:localhost,IP:127.0.0.1,IP:::1\n"
+    "[wrong]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n"
+    "subjectAltName = DNS:wrong.example\n";
 
 static const char register_sql[] =
     "SELECT eav.tool_register($1, 'http', $2::jsonb, $3::boolean, $4::int)";
 
-/* Starts the far side (flag: NULL or "--every") and reads its port. */
+/*
+ * Starts the far side on host's first address, with extra arguments
+ * (NULL-terminated), and reads its port.
+ */
 static void
-far_start(struct far *f, char *flag)
+far_spawn(struct far *f, const char *host, char *const extra[])
 {
-	char	*argv[5], buf[32];
+	char	*argv[12], buf[32];
 	FILE	*fp;
 	long long deadline = th_now_ms() + DEADLINE_MS;
+	int	 i;
 
+	snprintf(f->host, sizeof(f->host), "%s", host);
 	snprintf(f->portfile, sizeof(f->portfile), "%s/httpd.%d.port",
 	    th_tmpdir(), (int)getpid());
 	unlink(f->portfile);
 	argv[0] = th_bin("httpd");
 	argv[1] = "-p";
 	argv[2] = f->portfile;
-	argv[3] = flag;
-	argv[4] = NULL;
+	argv[3] = "-b";
+	argv[4] = f->host;
+	for (i = 0; extra[i] != NULL && i < 6; i++)
+		argv[5 + i] = extra[i];
+	argv[5 + i] = NULL;
 	f->pid = fork();
 	ck_assert_int_ne(f->pid, -1);
 	if (f->pid == 0) {
@@ -78,6 +114,30 @@ far_start(struct far *f, char *flag)
 	}
 }
 
+/* Starts the plain far side (flag: NULL or "--every") on 127.0.0.1. */
+static void
+far_start(struct far *f, char *flag)
+{
+	char	*extra[] = { flag, NULL };
+
+	f->tls = 0;
+	far_spawn(f, "127.0.0.1", extra);
+}
+
+/*
+ * Starts the far side serving https with cert and key, on localhost:
+ * where a client that resolves "localhost" connects (127.0.0.1 or ::1,
+ * whichever the machine lists first).
+ */
+static void
+far_start_tls(struct far *f, char *cert, char *key)
+{
+	char	*extra[] = { "--tls", cert, key, NULL };
+
+	f->tls = 1;
+	far_spawn(f, "localhost", extra);
+}
+
 static void
 far_stop(struct far *f)
 {
@@ -85,29 +145,89 @@ far_stop(struct far *f)
 	ck_assert_int_ne(th_waitpid(f->pid, DEADLINE_MS), -1);
 }
 
+/* The first address of the far side's host, as a URL writes it. */
+static void
+far_addr(const struct far *f, char *buf, size_t len)
+{
+	struct addrinfo	 hints, *ai;
+	char		 a[INET6_ADDRSTRLEN];
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	ck_assert_int_eq(getaddrinfo(f->host, NULL, &hints, &ai), 0);
+	ck_assert_int_eq(getnameinfo(ai->ai_addr, ai->ai_addrlen, a,
+	    sizeof(a), NULL, 0, NI_NUMERICHOST), 0);
+	snprintf(buf, len, ai->ai_family == AF_INET6 ? "[%s]" : "%s", a);
+	freeaddrinfo(ai);
+}
+
+/* A socket connected to the far side, as the worker connects. */
+static int
+far_connect(const struct far *f)
+{
+	struct addrinfo	 hints, *ai;
+	char		 port[16];
+	int		 s;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(port, sizeof(port), "%d", f->port);
+	ck_assert_int_eq(getaddrinfo(f->host, port, &hints, &ai), 0);
+	ck_assert_int_ne(s = socket(ai->ai_family, SOCK_STREAM, 0), -1);
+	ck_assert_int_eq(connect(s, ai->ai_addr, ai->ai_addrlen), 0);
+	freeaddrinfo(ai);
+	return s;
+}
+
+/*
+ * Sends req over TLS on s and reads the answer into buf (len bytes at
+ * most, NUL-terminated).  Unverified: this is the test looking at its
+ * own far side, not the worker's verification under test.
+ */
+static size_t
+far_tls_exchange(int s, const char *req, char *buf, size_t len)
+{
+	SSL_CTX	*ctx = SSL_CTX_new(TLS_client_method());
+	SSL	*ssl;
+	size_t	 got = 0;
+	int	 n;
+
+	ck_assert_ptr_nonnull(ctx);
+	ck_assert_ptr_nonnull(ssl = SSL_new(ctx));
+	ck_assert_int_eq(SSL_set_fd(ssl, s), 1);
+	ck_assert_int_eq(SSL_connect(ssl), 1);
+	ck_assert_int_eq(SSL_write(ssl, req, (int)strlen(req)),
+	    (int)strlen(req));
+	while (got < len - 1 && (n = SSL_read(ssl, buf + got,
+	    (int)(len - 1 - got))) > 0)
+		got += (size_t)n;
+	buf[got] = '\0';
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	return got;
+}
+
 /* GET path from the far side; its JSON body (caller decrefs). */
 static json_t *
 far_get(const struct far *f, const char *path)
 {
-	struct sockaddr_in	 sin;
 	char			 req[256], buf[65536], *body;
 	size_t			 len = 0;
 	ssize_t			 n;
 	json_t			*v;
-	int			 s;
+	int			 s = far_connect(f);
 
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_port = htons((unsigned short)f->port);
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	ck_assert_int_ne(s = socket(AF_INET, SOCK_STREAM, 0), -1);
-	ck_assert_int_eq(connect(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
 	snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n"
 	    "Connection: close\r\n\r\n", path);
-	ck_assert_int_eq(write(s, req, strlen(req)), (ssize_t)strlen(req));
-	while (len < sizeof(buf) - 1 && (n = read(s, buf + len,
-	    sizeof(buf) - 1 - len)) > 0)
-		len += (size_t)n;
+	if (f->tls)
+		len = far_tls_exchange(s, req, buf, sizeof(buf));
+	else {
+		ck_assert_int_eq(write(s, req, strlen(req)),
+		    (ssize_t)strlen(req));
+		while (len < sizeof(buf) - 1 && (n = read(s, buf + len,
+		    sizeof(buf) - 1 - len)) > 0)
+			len += (size_t)n;
+	}
 	close(s);
 	buf[len] = '\0';
 	body = strstr(buf, "\r\n\r\n");
@@ -128,18 +248,90 @@ far_stat(const struct far *f, const char *name)
 	return n;
 }
 
+/* Registers tool name at url; extra is more config. */
+static void
+reg_url(PGconn *c, const char *name, const char *url, int idempotent,
+    int timeout_ms, const char *extra)
+{
+	char	cfg[1024], t[16];
+
+	snprintf(cfg, sizeof(cfg), "{\"url\": \"%s\"%s%s}", url,
+	    extra ? ", " : "", extra ? extra : "");
+	snprintf(t, sizeof(t), "%d", timeout_ms);
+	PQclear(th_exec(c, register_sql, 4, name, cfg,
+	    idempotent ? "true" : "false", t));
+}
+
 /* Registers tool name at the far side's path; extra is more config. */
 static void
 reg(PGconn *c, const struct far *f, const char *name, const char *path,
     int idempotent, int timeout_ms, const char *extra)
 {
-	char	cfg[1024], t[16];
+	char	url[512];
 
-	snprintf(cfg, sizeof(cfg), "{\"url\": \"http://127.0.0.1:%d/%s\"%s%s}",
-	    f->port, path, extra ? ", " : "", extra ? extra : "");
-	snprintf(t, sizeof(t), "%d", timeout_ms);
-	PQclear(th_exec(c, register_sql, 4, name, cfg,
-	    idempotent ? "true" : "false", t));
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/%s", f->port, path);
+	reg_url(c, name, url, idempotent, timeout_ms, extra);
+}
+
+/* Registers tool name at https://host:port/path of f; extra as reg's. */
+static void
+reg_tls(PGconn *c, const struct far *f, const char *host, const char *name,
+    int idempotent, int timeout_ms, const char *extra)
+{
+	char	url[512];
+
+	snprintf(url, sizeof(url), "https://%s:%d/%s", host, f->port, name);
+	reg_url(c, name, url, idempotent, timeout_ms, extra);
+}
+
+/*
+ * One certificate of subject CN=cn with extensions ext of the config, and
+ * its new key: signed by the CA, or self-signed (the CA itself).
+ */
+static void
+certs_one(struct certs *k, char *ext, char *cn, char *cert, char *key,
+    int by_ca)
+{
+	char	 log[300], subj[64];
+	char	*argv[] = { "/usr/bin/openssl", "req", "-x509", "-config",
+	    k->cnf, "-extensions", ext, "-subj", subj, "-newkey", "ec",
+	    "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+	    "-out", cert, "-days", "2", "-CA", k->ca, "-CAkey", k->ca_key,
+	    NULL };
+	int	 status;
+
+	snprintf(subj, sizeof(subj), "/CN=%s", cn);
+	if (!by_ca)
+		argv[20] = NULL;	/* "-CA" */
+	snprintf(log, sizeof(log), "%s/openssl.log", k->dir);
+	status = th_run(argv, log);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	    "openssl req -extensions %s failed (see %s)", ext, log);
+}
+
+/* Makes the test's CA and certificates with the openssl program. */
+static void
+certs_make(struct certs *k)
+{
+	FILE	*fp;
+
+	snprintf(k->dir, sizeof(k->dir), "%s/tls.%d", th_tmpdir(),
+	    (int)getpid());
+	ck_assert_msg(mkdir(k->dir, 0700) == 0 || errno == EEXIST, "%s: %s",
+	    k->dir, strerror(errno));
+	snprintf(k->cnf, sizeof(k->cnf), "%s/openssl.cnf", k->dir);
+	snprintf(k->ca, sizeof(k->ca), "%s/ca.pem", k->dir);
+	snprintf(k->ca_key, sizeof(k->ca_key), "%s/ca.key", k->dir);
+	snprintf(k->good, sizeof(k->good), "%s/good.pem", k->dir);
+	snprintf(k->good_key, sizeof(k->good_key), "%s/good.key", k->dir);
+	snprintf(k->wrong, sizeof(k->wrong), "%s/wrong.pem", k->dir);
+	snprintf(k->wrong_key, sizeof(k->wrong_key), "%s/wrong.key", k->dir);
+	ck_assert_ptr_nonnull(fp = fopen(k->cnf, "w"));
+	ck_assert_int_eq(fputs(certs_cnf, fp) >= 0, 1);
+	ck_assert_int_eq(fclose(fp), 0);
+	certs_one(k, "ca", "eav test CA", k->ca, k->ca_key, 0);
+	certs_one(k, "good", "localhost", k->good, k->good_key, 1);
+	certs_one(k, "wrong", "wrong.example", k->wrong, k->wrong_key, 1);
 }
 
 static void
@@ -494,6 +686,14 @@ START_TEST(test_http_bad_config)
 		    "must not be less than" },
 		{ "{\"url\": \"http://h/\", \"health\": {\"when_unavailable\": "
 		    "\"panic\"}}", "1000", "\"health.when_unavailable\"" },
+		{ "{\"url\": \"https://h/\", \"ca_file\": \"certs/ca.pem\"}",
+		    "1000", "\"ca_file\" must be an absolute path" },
+		{ "{\"url\": \"https://h/\", \"ca_file\": 5}", "1000",
+		    "\"ca_file\" must be a string" },
+		{ "{\"url\": \"http://h/\", \"ca_file\": \"/etc/ca.pem\"}",
+		    "1000", "\"ca_file\" applies to https URLs only" },
+		{ "{\"url\": \"https://h/\", \"tls_insecure\": true}", "1000",
+		    "http tool config: unknown field \"tls_insecure\"" },
 	};
 	size_t		 i;
 	const char	*err;
@@ -516,7 +716,12 @@ START_TEST(test_http_bad_config)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
 	    "name = 'h' AND config->'health'->>'when_unavailable' = 'wait' AND "
 	    "(config->>'max_output_bytes')::int = 65536 AND config->>'method' "
-	    "= 'POST'", 0), 1);
+	    "= 'POST' AND NOT config ? 'ca_file'", 0), 1);
+	PQclear(th_exec(db.conn, "SELECT eav.tool_register('h', 'http', "
+	    "'{\"url\": \"https://h/\", \"ca_file\": \"/etc/eav/ca.pem\"}', "
+	    "true, 1000)", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'h' AND config->>'ca_file' = '/etc/eav/ca.pem'", 0), 1);
 	th_db_free(&db);
 }
 END_TEST
@@ -669,6 +874,208 @@ START_TEST(test_http_idempotency_key)
 END_TEST
 
 /*
+ * Makes the test's certificates, starts a far side serving https with
+ * the good one, and configures eavd with one worker.
+ */
+static void
+setup_tls(struct th_db *db, struct th_eavd *e, struct far *f,
+    struct certs *k, const char *node)
+{
+	certs_make(k);
+	th_far_db(db);
+	far_start_tls(f, k->good, k->good_key);
+	th_far_conf(e, db, node, 1, 4);
+}
+
+/*
+ * https with the tool's ca_file: calls by DNS name (SNI, the name
+ * checked) and by address succeed; once the request has left, a lost
+ * connection and a hung answer are unknown outcomes, as over http, and
+ * so is an answer without Content-Length whose connection closes without
+ * TLS's close_notify: it may have been cut short.
+ */
+/* FM-063, FM-064, FM-065 */
+START_TEST(test_https_calls)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	struct certs	 k;
+	const char	*ok, *ip, *lost, *hang;
+	char		 ca[400], addr[64], cut[24];
+
+	setup_tls(&db, &e, &f, &k, "https1");
+	snprintf(ca, sizeof(ca), "\"ca_file\": \"%s\"", k.ca);
+	far_addr(&f, addr, sizeof(addr));
+	reg_tls(db.conn, &f, "localhost", "far", 1, 5000, ca);
+	reg_tls(db.conn, &f, addr, "far.ip", 1, 5000, ca);
+	/* Long enough for the worker's first TLS context and handshake. */
+	reg_tls(db.conn, &f, "localhost", "pay", 0, 2000, ca);
+	th_eavd_up(&e, db.conn, 1);
+	ok = th_enqueue(db.conn, "far", "{\"order\": 7}", 3);
+	ip = th_enqueue(db.conn, "far.ip", "{}", 3);
+	lost = th_enqueue(db.conn, "far", "{\"mode\": \"close\", "
+	    "\"times\": 1}", 3);
+	hang = th_enqueue(db.conn, "pay", "{\"mode\": \"hang\"}", 3);
+	th_wait_state(db.conn, &e, ok, "succeeded");
+	ck_assert_int_eq(step_ll(db.conn, ok, "((result->>'status')::int = "
+	    "200 AND (result->'body'->'body'->>'order')::int = 7 AND "
+	    "result->'body'->'headers'->>'host' LIKE 'localhost:%' AND "
+	    "attempt = 1)::int"), 1);
+	/* th_enqueue keeps 4 ids: ok's is reused from here on. */
+	snprintf(cut, sizeof(cut), "%s", th_enqueue(db.conn, "far",
+	    "{\"mode\": \"raw\", \"times\": 1, \"raw\": \"HTTP/1.1 200 OK"
+	    "\\r\\nConnection: close\\r\\n\\r\\n{\\\"fine\\\": true}\"}", 3));
+	th_wait_state(db.conn, &e, ip, "succeeded");
+	th_wait_state(db.conn, &e, lost, "succeeded");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
+	    "= 'tool_lost' AND reason LIKE 'connection lost after the request "
+	    "was sent%'", 1, lost), 1);
+	th_wait_state(db.conn, &e, hang, "held");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
+	    "= 'tool_timeout'", 1, hang), 1);
+	th_wait_state(db.conn, &e, cut, "succeeded");
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes WHERE step_id = $1::bigint AND detected_by "
+	    "= 'tool_lost'", 1, cut), 1);
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 7);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/* Puts a copy of file from at to, through a rename. */
+static void
+file_copy(const char *from, const char *to)
+{
+	char	 buf[16384], tmp[400];
+	ssize_t	 n = th_read_file(from, buf, sizeof(buf));
+	FILE	*fp;
+
+	ck_assert_int_gt(n, 0);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", to);
+	ck_assert_ptr_nonnull(fp = fopen(tmp, "w"));
+	ck_assert_int_eq(fwrite(buf, 1, (size_t)n, fp), (size_t)n);
+	ck_assert_int_eq(fclose(fp), 0);
+	ck_assert_int_eq(rename(tmp, to), 0);
+}
+
+/*
+ * Certificates that do not verify fail the step at once, naming the
+ * reason, before any request: a CA the worker does not trust (the
+ * system's, without ca_file; a ca_file without the far side's CA), a
+ * certificate for another host (by name, by address).  So does a
+ * ca_file the worker cannot use.  Each counts against the tool's
+ * health; the far sides see no request.  A ca_file that changes is read
+ * again: once it holds the right CA, the task retried succeeds.
+ */
+/* FM-077, FM-079 */
+START_TEST(test_https_bad_certificate)
+{
+	static const struct {
+		const char	*tool;
+		const char	*want;
+	} cases[] = {
+		{ "untrusted", "does not verify: unable to get local issuer "
+		    "certificate; the request was not sent" },
+		{ "rotated", "does not verify: unable to get local issuer "
+		    "certificate" },
+		{ "wrongname", "does not verify: hostname mismatch" },
+		{ "wrongaddr", "does not verify: IP address mismatch" },
+		{ "nofile", "none.pem cannot be read: No such file or "
+		    "directory" },
+		{ "notpem", "openssl.cnf holds no certificate that can be "
+		    "read" },
+	};
+	static const char health[] = "\"health\": {\"degraded_after\": 1}";
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f, w;
+	struct certs	 k;
+	char		 ca[400], nofile[400], notpem[400], rotcfg[400];
+	char		 rot[300], addr[64], step[6][24];
+	size_t		 i;
+
+	setup_tls(&db, &e, &f, &k, "https2");
+	far_start_tls(&w, k.wrong, k.wrong_key);
+	far_addr(&w, addr, sizeof(addr));
+	snprintf(ca, sizeof(ca), "%s, \"ca_file\": \"%s\"", health, k.ca);
+	snprintf(nofile, sizeof(nofile), "%s, \"ca_file\": \"%s/none.pem\"",
+	    health, k.dir);
+	snprintf(notpem, sizeof(notpem), "%s, \"ca_file\": \"%s\"", health,
+	    k.cnf);
+	/* A bundle that holds a certificate, but not the far side's CA. */
+	snprintf(rot, sizeof(rot), "%s/rotated.pem", k.dir);
+	file_copy(k.wrong, rot);
+	snprintf(rotcfg, sizeof(rotcfg), "%s, \"ca_file\": \"%s\"", health,
+	    rot);
+	reg_tls(db.conn, &f, "localhost", "untrusted", 1, 5000, health);
+	reg_tls(db.conn, &f, "localhost", "rotated", 1, 5000, rotcfg);
+	reg_tls(db.conn, &w, "localhost", "wrongname", 1, 5000, ca);
+	reg_tls(db.conn, &w, addr, "wrongaddr", 1, 5000, ca);
+	reg_tls(db.conn, &f, "localhost", "nofile", 1, 5000, nofile);
+	reg_tls(db.conn, &f, "localhost", "notpem", 1, 5000, notpem);
+	th_eavd_up(&e, db.conn, 1);
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		snprintf(step[i], sizeof(step[i]), "%s",
+		    th_enqueue(db.conn, cases[i].tool, "{}", 3));
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		th_wait_state(db.conn, &e, step[i], "failed");
+		assert_error(db.conn, step[i], cases[i].want);
+		ck_assert_int_eq(step_ll(db.conn, step[i], "attempt"), 1);
+	}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "health = 'degraded' AND consecutive_errors = 1", 0), 6);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 0);
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 0);
+	ck_assert_int_eq(far_stat(&w, "deliveries"), 0);
+	file_copy(k.ca, rot);
+	PQclear(th_exec(db.conn, "SELECT eav.task_retry($1::bigint / 128)", 1,
+	    step[1]));
+	th_wait_state(db.conn, &e, step[1], "succeeded");
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 1);
+	far_stop(&w);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/*
+ * An https URL whose far side does not speak TLS: the handshake fails
+ * before any request, so the step is retried (not unknown, not failed at
+ * once) until its attempts run out, and the tool's errors add up.
+ */
+/* FM-078 */
+START_TEST(test_https_handshake_retried)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct far	 f;
+	const char	*step;
+	char		 url[128];
+
+	setup(&db, &e, &f, "https3", 1, NULL);
+	snprintf(url, sizeof(url), "https://127.0.0.1:%d/x", f.port);
+	reg_url(db.conn, "plain", url, 0, 5000, "\"health\": "
+	    "{\"degraded_after\": 2, \"unavailable_after\": 50}");
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "plain", "{}", 3);
+	th_wait_state(db.conn, &e, step, "failed");
+	assert_error(db.conn, step, "TLS handshake with 127.0.0.1 failed (");
+	assert_error(db.conn, step, ") before the request was sent");
+	ck_assert_int_eq(step_ll(db.conn, step, "attempt"), 3);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools WHERE "
+	    "name = 'plain' AND health = 'degraded' AND consecutive_errors = "
+	    "3", 0), 1);
+	ck_assert_int_eq(far_stat(&f, "deliveries"), 0);
+	teardown(&db, &e, &f);
+}
+END_TEST
+
+/*
  * SIGKILLs of workers in the middle of calls: each interrupted step is
  * retried with its key, and the idempotent far side has exactly one
  * effect per step; deliveries may be more (the ratio is printed).
@@ -739,6 +1146,7 @@ suite_http(void)
 {
 	Suite	*s = suite_create("http");
 	TCase	*calls = tcase_create("calls");
+	TCase	*https = tcase_create("https");
 	TCase	*kills = tcase_create("kills");
 
 	tcase_add_test(calls, test_http_succeeded);
@@ -754,6 +1162,11 @@ suite_http(void)
 	tcase_add_test(calls, test_http_idempotency_key);
 	tcase_set_timeout(calls, 60);
 	suite_add_tcase(s, calls);
+	tcase_add_test(https, test_https_calls);
+	tcase_add_test(https, test_https_bad_certificate);
+	tcase_add_test(https, test_https_handshake_retried);
+	tcase_set_timeout(https, 60);
+	suite_add_tcase(s, https);
 	tcase_add_test(kills, test_http_kill_mid_call);
 	tcase_set_timeout(kills, 200);
 	suite_add_tcase(s, kills);

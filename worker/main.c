@@ -213,6 +213,7 @@ worker_free(struct worker *w)
 	db_close(&w->db);
 	inject_db_close();
 	event_base_free(w->base);
+	tls_free();
 	free(w->queues);
 	config_free(&w->cfg);
 }

@@ -13,6 +13,15 @@
  * output buffer: evhttp puts the request there only once connected, and
  * a drain of it means the kernel has (some of) it.
  *
+ * https goes through the same evhttp client on a TLS bufferevent (tls.c),
+ * whose output buffer holds the plain request and drains only once the
+ * handshake is done, so "written" means the same.  A certificate the far
+ * side presents that does not verify (unknown CA, wrong host, expired) is
+ * a configuration problem, not bad luck: the step fails at once, naming
+ * the reason, and the tool's health counts it.  Any other handshake
+ * failure (reset, a far side that does not speak TLS) is retried, as a
+ * failed connect is.
+ *
  * Answers: 2xx succeeded (result {"status", "body"}); 429 defers the step
  * to the tool's Retry-After without spending an attempt; other 4xx
  * failed; 5xx retried.  The Idempotency-Key header is the step's key.
@@ -61,6 +70,8 @@ struct http_call {
 	struct evbuffer_cb_entry *watch;
 	struct event		*timer;
 	struct event		*reap;
+	int			 tls;		/* https */
+	int			 verify_error;	/* X509_V_*, set by tls.c */
 	int			 sent;		/* request bytes left */
 	int			 failed;	/* evhttp reported an error */
 	enum evhttp_request_error error;
@@ -79,6 +90,9 @@ static int	http_headers(struct evkeyvalq *, const json_t *,
 		    const struct step *, const char *, char *, size_t);
 static int	http_body(struct evhttp_request *, const json_t *,
 		    const struct step *);
+static int	http_host_name(const char *, char *, size_t);
+static int	http_connect(struct http_call *, const json_t *,
+		    const struct evhttp_uri *, char *, size_t, char *, size_t);
 static struct evhttp_request *http_request(struct http_call *,
 		    const json_t *, const char *, char **, char *, size_t);
 static enum evhttp_cmd_type http_method(const char *);
@@ -90,6 +104,7 @@ static void	http_timer_cb(evutil_socket_t, short, void *);
 static void	http_reap_cb(evutil_socket_t, short, void *);
 static void	http_end(struct http_call *, enum step_outcome, json_t *,
 		    const char *);
+static int	http_tls_failure(struct http_call *);
 static void	http_failure(struct http_call *);
 static void	http_answer(struct http_call *, struct evhttp_request *);
 static long long http_retry_after(const char *);
@@ -265,6 +280,71 @@ http_body(struct evhttp_request *req, const json_t *cfg, const struct step *s)
 }
 
 /*
+ * The URL's host as a connection and a certificate name it: an IPv6
+ * literal loses its brackets (the Host header keeps them).  0, or -1 if
+ * it does not fit.
+ */
+static int
+http_host_name(const char *host, char *name, size_t len)
+{
+	size_t	n = strlen(host);
+
+	if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+		host++;
+		n -= 2;
+	}
+	if (n >= len)
+		return -1;
+	memcpy(name, host, n);
+	name[n] = '\0';
+	return 0;
+}
+
+/*
+ * The call's connection to the URI's host (not yet made): plain for http,
+ * TLS for https (tls.c).  Writes the Host header's value to hostport.
+ * 0, or -1 with err set; a ca_file that cannot be used counts against
+ * the tool's health, as a certificate that does not verify would.
+ */
+static int
+http_connect(struct http_call *c, const json_t *cfg,
+    const struct evhttp_uri *uri, char *hostport, size_t hplen, char *err,
+    size_t errlen)
+{
+	const char		*scheme = evhttp_uri_get_scheme(uri);
+	const char		*host = evhttp_uri_get_host(uri);
+	struct bufferevent	*bev = NULL;
+	char			 name[256];
+	int			 port, dflt;
+
+	c->tls = scheme != NULL && strcasecmp(scheme, "https") == 0;
+	if (!c->tls && (scheme == NULL || strcasecmp(scheme, "http") != 0)) {
+		snprintf(err, errlen, "scheme %s is not supported (http or "
+		    "https only)", scheme ? scheme : "(none)");
+		return -1;
+	}
+	if (http_host_name(host, name, sizeof(name)) == -1) {
+		snprintf(err, errlen, "the URL's host is too long");
+		return -1;
+	}
+	dflt = c->tls ? 443 : 80;
+	port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : dflt;
+	snprintf(hostport, hplen, port == dflt ? "%s" : "%s:%d", host, port);
+	if (c->tls && (bev = tls_bufferevent(c->w->base, name,
+	    json_string_value(json_object_get(cfg, "ca_file")),
+	    &c->verify_error, err, errlen)) == NULL) {
+		c->s->tool_error = 1;
+		return -1;
+	}
+	/* With bev NULL, evhttp makes a plain socket bufferevent. */
+	c->evcon = evhttp_connection_base_bufferevent_new(c->w->base, NULL,
+	    bev, name, (unsigned short)port);
+	if (c->evcon == NULL)
+		fatalx("evhttp_connection_base_bufferevent_new failed");
+	return 0;
+}
+
+/*
  * The connection and request of a call (not yet made); NULL with err set
  * if the config or the input cannot make one.  On success *target is
  * the request target (caller frees).
@@ -275,28 +355,17 @@ http_request(struct http_call *c, const json_t *cfg, const char *url,
 {
 	struct evhttp_uri	*uri;
 	struct evhttp_request	*req;
-	const char		*scheme, *host, *path, *query;
+	const char		*host, *path, *query;
 	char			 hostport[300];
-	int			 port;
 
 	if ((uri = evhttp_uri_parse(url)) == NULL ||
 	    (host = evhttp_uri_get_host(uri)) == NULL || *host == '\0') {
 		snprintf(err, errlen, "the URL cannot be parsed");
 		goto fail;
 	}
-	scheme = evhttp_uri_get_scheme(uri);
-	if (scheme == NULL || strcasecmp(scheme, "http") != 0) {
-		snprintf(err, errlen, "scheme %s is not supported by this "
-		    "worker (http only)", scheme ? scheme : "(none)");
+	if (http_connect(c, cfg, uri, hostport, sizeof(hostport), err,
+	    errlen) == -1)
 		goto fail;
-	}
-	port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : 80;
-	snprintf(hostport, sizeof(hostport), port == 80 ? "%s" : "%s:%d",
-	    host, port);
-	c->evcon = evhttp_connection_base_new(c->w->base, NULL, host,
-	    (unsigned short)port);
-	if (c->evcon == NULL)
-		fatalx("evhttp_connection_base_new failed");
 	req = evhttp_request_new(http_done_cb, c);
 	if (req == NULL)
 		fatalx("evhttp_request_new failed");
@@ -478,6 +547,37 @@ http_end(struct http_call *c, enum step_outcome o, json_t *result,
 		fatalx("cannot schedule an http call's release");
 }
 
+/*
+ * A TLS call that ended before its request left: a certificate that did
+ * not verify fails the step, any other handshake failure is retried.
+ * 1 if it ended the call, 0 if the failure was not TLS's (a refused
+ * connect, a time-out): http_failure says what it was.
+ */
+static int
+http_tls_failure(struct http_call *c)
+{
+	const char	*why;
+	char		 err[400], *peer = NULL;
+	ev_uint16_t	 port;
+
+	evhttp_connection_get_peer(c->evcon, &peer, &port);
+	if (c->verify_error != 0) {
+		snprintf(err, sizeof(err), "TLS: the certificate of %.200s "
+		    "does not verify: %s; the request was not sent",
+		    peer != NULL ? peer : "?",
+		    tls_verify_reason(c->verify_error));
+		http_end(c, OUT_FAILED, NULL, err);
+		return 1;
+	}
+	why = tls_bev_error(evhttp_connection_get_bufferevent(c->evcon));
+	if (why == NULL)
+		return 0;
+	snprintf(err, sizeof(err), "TLS handshake with %.200s failed (%s) "
+	    "before the request was sent", peer != NULL ? peer : "?", why);
+	http_end(c, OUT_RETRY, NULL, err);
+	return 1;
+}
+
 /* No answer: before the request left, retried; after, unknown. */
 static void
 http_failure(struct http_call *c)
@@ -504,6 +604,8 @@ http_failure(struct http_call *c)
 		break;
 	}
 	c->s->tool_error = 1;
+	if (!c->sent && c->tls && http_tls_failure(c))
+		return;
 	if (!c->sent) {
 		snprintf(err, sizeof(err), "%s before the request was sent",
 		    c->failed ? what : "cannot connect");

@@ -31,6 +31,7 @@ enum step_outcome {
 };
 
 struct worker;
+struct bufferevent;
 
 struct step {
 	TAILQ_ENTRY(step)	 entry;
@@ -119,6 +120,13 @@ int	exec_running(void);
 /* tool_http.c */
 void	http_start(struct worker *, struct step *);
 int	http_running(void);
+
+/* tls.c */
+struct bufferevent *tls_bufferevent(struct event_base *, const char *,
+	    const char *, int *, char *, size_t);
+const char *tls_verify_reason(int);
+const char *tls_bev_error(struct bufferevent *);
+void	tls_free(void);
 
 /* tool_mcp.c */
 void	mcp_start(struct worker *, struct step *);

@@ -1,14 +1,22 @@
 /*
  * httpd: the far side of the HTTP tool in tests and benchmarks.  One
- * process, one libevent loop, an evhttp server on 127.0.0.1:
+ * process, one libevent loop, an evhttp server on 127.0.0.1 (or HOST):
  *
- *   httpd -p PORTFILE [--every] [--quiet]
+ *   httpd -p PORTFILE [-b HOST] [--every] [--quiet] [--tls CERT KEY]
  *
  * It listens on a port the kernel picks, writes "PORT\n" to PORTFILE
  * (through PORTFILE.tmp and a rename, so a reader sees all or nothing,
  * and only once the socket accepts) and serves until SIGTERM or SIGINT,
  * then exits 0.  Exit 2 on a usage error, 1 if it cannot start.  Without
- * --quiet it logs one line per request on stderr.
+ * --quiet it logs one line per request on stderr.  -b listens on the
+ * first address HOST resolves to: with "localhost", the address a client
+ * that resolves the name connects to, 127.0.0.1 or ::1, whichever the
+ * machine lists first.
+ *
+ * With --tls it serves HTTPS only, control endpoints included, with the
+ * certificate chain in the PEM file CERT (its own certificate first) and
+ * the private key in KEY.  A client whose handshake fails sends no
+ * request, so it is counted nowhere.
  *
  * Every request whose path does not start with "/_" is a delivery of a
  * tool call, counted under its Idempotency-Key header ("" without one).
@@ -81,10 +89,13 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define MAX_BODY	(1024 * 1024)
 #define MAX_HEADERS	(256 * 1024)
@@ -126,6 +137,7 @@ struct delivery {
 struct httpd_env {
 	struct event_base	*base;
 	struct evhttp		*http;
+	SSL_CTX			*tls;		/* --tls, else NULL */
 	struct event		*sig_ev[2];
 	int			 every;
 	int			 quiet;
@@ -203,7 +215,9 @@ static void	control_serve(struct evhttp_request *, const char *);
 static void	httpd_request_cb(struct evhttp_request *, void *);
 static void	httpd_signal_cb(evutil_socket_t, short, void *);
 static void	port_write(const char *, evutil_socket_t);
-static void	httpd_start(const char *);
+static void	tls_load(const char *, const char *);
+static struct bufferevent *tls_bev_cb(struct event_base *, void *);
+static void	httpd_start(const char *, const char *);
 static void	httpd_stop(void);
 static void	usage(void);
 
@@ -1018,25 +1032,63 @@ httpd_signal_cb(evutil_socket_t sig, short what, void *arg)
 static void
 port_write(const char *path, evutil_socket_t fd)
 {
-	struct sockaddr_in	 sin;
-	socklen_t		 len = sizeof(sin);
+	struct sockaddr_storage	 ss;
+	socklen_t		 len = sizeof(ss);
 	char			 tmp[4096];
 	FILE			*fp;
+	int			 port;
 
-	if (getsockname(fd, (struct sockaddr *)&sin, &len) == -1)
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1)
 		die(1, "getsockname: %s", strerror(errno));
+	port = ss.ss_family == AF_INET6 ?
+	    ntohs(((struct sockaddr_in6 *)&ss)->sin6_port) :
+	    ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
 		die(2, "%s: name too long", path);
 	if ((fp = fopen(tmp, "w")) == NULL)
 		die(1, "%s: %s", tmp, strerror(errno));
-	fprintf(fp, "%d\n", ntohs(sin.sin_port));
+	fprintf(fp, "%d\n", port);
 	if (fclose(fp) != 0 || rename(tmp, path) == -1)
 		die(1, "%s: %s", path, strerror(errno));
 }
 
-/* Sets up the loop and the server, then publishes the port. */
+/* The server context of --tls, from a chain and a key in PEM files. */
 static void
-httpd_start(const char *portfile)
+tls_load(const char *cert, const char *key)
+{
+	char	why[256] = "";
+
+	if ((env.tls = SSL_CTX_new(TLS_server_method())) == NULL ||
+	    SSL_CTX_use_certificate_chain_file(env.tls, cert) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(env.tls, key, SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(env.tls) != 1) {
+		ERR_error_string_n(ERR_peek_last_error(), why, sizeof(why));
+		die(1, "--tls %s %s: %s", cert, key, why);
+	}
+}
+
+/*
+ * evhttp's bufferevent for each accepted connection under --tls; evhttp
+ * sets its fd, and frees it (and the SSL with it) with the connection.
+ */
+static struct bufferevent *
+tls_bev_cb(struct event_base *base, void *arg)
+{
+	struct bufferevent	*bev;
+	SSL			*ssl;
+
+	if ((ssl = SSL_new(arg)) == NULL)
+		die(1, "SSL_new failed");
+	bev = bufferevent_openssl_socket_new(base, -1, ssl,
+	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL)
+		die(1, "cannot make a TLS bufferevent");
+	return bev;
+}
+
+/* Sets up the loop and the server on host, then publishes the port. */
+static void
+httpd_start(const char *portfile, const char *host)
 {
 	static const int		 sigs[] = { SIGTERM, SIGINT };
 	struct evhttp_bound_socket	*bound;
@@ -1053,9 +1105,11 @@ httpd_start(const char *portfile)
 	/* Else evhttp labels every body text/html; we say what we send. */
 	evhttp_set_default_content_type(env.http, NULL);
 	evhttp_set_gencb(env.http, httpd_request_cb, NULL);
-	bound = evhttp_bind_socket_with_handle(env.http, "127.0.0.1", 0);
+	if (env.tls != NULL)
+		evhttp_set_bevcb(env.http, tls_bev_cb, env.tls);
+	bound = evhttp_bind_socket_with_handle(env.http, host, 0);
 	if (bound == NULL)
-		die(1, "cannot listen on 127.0.0.1");
+		die(1, "cannot listen on %s", host);
 	for (i = 0; i < nitems(sigs); i++) {
 		env.sig_ev[i] = evsignal_new(env.base, sigs[i],
 		    httpd_signal_cb, NULL);
@@ -1083,37 +1137,44 @@ httpd_stop(void)
 		event_free(env.sig_ev[i]);
 	key_clear(0);
 	event_base_free(env.base);
+	SSL_CTX_free(env.tls);
 	libevent_global_shutdown();
 }
 
 static void
 usage(void)
 {
-	fprintf(stderr, "usage: httpd -p portfile [--every] [--quiet]\n");
+	fprintf(stderr, "usage: httpd -p portfile [-b host] [--every] "
+	    "[--quiet] [--tls cert key]\n");
 	exit(2);
 }
 
 int
 main(int argc, char **argv)
 {
-	const char	*portfile = NULL;
+	const char	*portfile = NULL, *host = "127.0.0.1";
 	int		 i;
 
 	for (i = 1; i < argc; i++)
 		if (strcmp(argv[i], "-p") == 0 && i + 1 < argc)
 			portfile = argv[++i];
+		else if (strcmp(argv[i], "-b") == 0 && i + 1 < argc)
+			host = argv[++i];
 		else if (strcmp(argv[i], "--every") == 0)
 			env.every = 1;
 		else if (strcmp(argv[i], "--quiet") == 0)
 			env.quiet = 1;
-		else
+		else if (strcmp(argv[i], "--tls") == 0 && i + 2 < argc) {
+			tls_load(argv[i + 1], argv[i + 2]);
+			i += 2;
+		} else
 			usage();
 	if (portfile == NULL)
 		usage();
 	TAILQ_INIT(&env.delays);
 	key_clear(NBUCKETS_MIN);
 	signal(SIGPIPE, SIG_IGN);
-	httpd_start(portfile);
+	httpd_start(portfile, host);
 	if (event_base_dispatch(env.base) == -1)
 		die(1, "event loop failed");
 	httpd_stop();

@@ -136,5 +136,6 @@ Suite	*suite_http(void) __attribute__((weak));
 Suite	*suite_mcp(void) __attribute__((weak));
 Suite	*suite_kill(void) __attribute__((weak));
 Suite	*suite_governance(void) __attribute__((weak));
+Suite	*suite_redact(void) __attribute__((weak));
 
 #endif

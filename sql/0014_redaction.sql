@@ -273,8 +273,11 @@ BEGIN
                            ELSE p_path || '.' || v_key END;
             v_allowed := p_allowed OR eav.redaction_allowed(v_path);
             v_rule := CASE WHEN NOT v_allowed THEN eav.redaction_key_rule(k) END;
+            -- Nothing to hide in null, a boolean, an empty value or one
+            -- already redacted (a copy of a redacted row).
             IF v_rule IS NOT NULL AND jsonb_typeof(v) NOT IN ('null', 'boolean')
-               AND v NOT IN ('""', '{}', '[]') THEN
+               AND v NOT IN ('""', '{}', '[]')
+               AND coalesce(v->>0 !~ '^\[REDACTED:[a-z0-9_]+\]$', true) THEN
                 v_out := to_jsonb('[REDACTED:' || v_rule || ']');
                 findings := findings || (v_rule || '@' || v_path);
             ELSE

@@ -82,7 +82,8 @@ static const char *const harmless[] = {
 	"ASIAN markets closed",
 	"passenger 7 bypassed the gate",
 	"the bearer of this note",
-	"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+	"sha256:9f86d081884c7d659a2feaa0c55ad015"
+	    "a3bf4f1b2b0b822cd15d6c15b0f00a08",
 	"idem-2024-01-01T00:00:00Z-42",
 };
 

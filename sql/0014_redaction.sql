@@ -451,9 +451,16 @@ CREATE TRIGGER steps_redact BEFORE UPDATE ON eav.steps
                        OR (NEW.error IS DISTINCT FROM OLD.error
                            AND eav.redaction_screen(NEW.error)))
     EXECUTE FUNCTION eav.redaction_redact('result', 'error');
-CREATE TRIGGER alarms_redact BEFORE INSERT OR UPDATE ON eav.alarms
+CREATE TRIGGER alarms_redact BEFORE INSERT ON eav.alarms
     FOR EACH ROW WHEN (eav.redaction_screen(NEW.message)
                        OR eav.redaction_screen(NEW.details::text))
+    EXECUTE FUNCTION eav.redaction_redact('message', 'details');
+-- An update (a raise again, an ack) is looked at only if it changes them.
+CREATE TRIGGER alarms_redact_update BEFORE UPDATE ON eav.alarms
+    FOR EACH ROW WHEN ((NEW.message IS DISTINCT FROM OLD.message
+                        AND eav.redaction_screen(NEW.message))
+                       OR (NEW.details IS DISTINCT FROM OLD.details
+                           AND eav.redaction_screen(NEW.details::text)))
     EXECUTE FUNCTION eav.redaction_redact('message', 'details');
 CREATE TRIGGER inbox_refuse_secret BEFORE INSERT ON eav.inbox
     FOR EACH ROW WHEN (eav.redaction_screen(NEW.body))
@@ -462,8 +469,14 @@ CREATE TRIGGER inbox_redact BEFORE UPDATE ON eav.inbox
     FOR EACH ROW WHEN (NEW.error IS DISTINCT FROM OLD.error
                        AND eav.redaction_screen(NEW.error))
     EXECUTE FUNCTION eav.redaction_redact('error');
-CREATE TRIGGER tools_refuse_secret BEFORE INSERT OR UPDATE ON eav.tools
+CREATE TRIGGER tools_refuse_secret BEFORE INSERT ON eav.tools
     FOR EACH ROW WHEN (eav.redaction_screen(NEW.config::text))
+    EXECUTE FUNCTION eav.redaction_refuse('config');
+-- Health updates (every completion batch of a tool) leave config alone:
+-- they must not walk it.
+CREATE TRIGGER tools_refuse_secret_update BEFORE UPDATE ON eav.tools
+    FOR EACH ROW WHEN (NEW.config IS DISTINCT FROM OLD.config
+                       AND eav.redaction_screen(NEW.config::text))
     EXECUTE FUNCTION eav.redaction_refuse('config');
 CREATE TRIGGER tools_redact BEFORE UPDATE ON eav.tools
     FOR EACH ROW WHEN (NEW.last_error IS DISTINCT FROM OLD.last_error

@@ -80,6 +80,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_tools.c \
 		ctl/cmd_kill.c \
 		ctl/cmd_budget.c \
+		ctl/cmd_approval.c \
 		ctl/cmd_audit.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c

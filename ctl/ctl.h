@@ -48,6 +48,9 @@ int	cmd_alarms(struct ctl *, int, char **);
 /* cmd_tools.c */
 int	cmd_tools(struct ctl *, int, char **);
 
+/* cmd_approval.c */
+int	cmd_approvals(struct ctl *, int, char **);
+
 /* cmd_budget.c */
 int	cmd_budget(struct ctl *, int, char **);
 

@@ -36,6 +36,9 @@ static const struct ctl_cmd cmds[] = {
 	{ "tools", cmd_tools, "tools list | tools show name | tools register "
 	    "[-i] [-t timeout_ms] [-d description] name kind config|- | "
 	    "tools reset name" },
+	{ "approvals", cmd_approvals, "approvals [list] | approvals approve "
+	    "[-n note] id | approvals deny -r reason id | approvals policy "
+	    "tool policy_json|off" },
 	{ "budget", cmd_budget, "budget [list] | budget set (-q queue | "
 	    "-t tool) retries_per_minute | budget clear (-q queue | -t tool)" },
 	{ "kill-switch", cmd_kill, "kill-switch [list] | kill-switch on|off "

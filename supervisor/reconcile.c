@@ -99,9 +99,12 @@ stuck_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
 	if (st == DB_OK && strcmp(PQgetvalue(res, 0, 0), "0") != 0)
 		log_warnx("%s step(s) or queue(s) stuck: see eav.alarms",
 		    PQgetvalue(res, 0, 0));
+	if (st == DB_OK && strcmp(PQgetvalue(res, 0, 2), "0") != 0)
+		log_notice("%s approval(s) expired", PQgetvalue(res, 0, 2));
 }
 
-/* Each sweep also looks for stuck steps and stalled queues (sql/0013). */
+/* Each sweep also looks for stuck steps and stalled queues (sql/0013),
+ * ends retry storms (0015) and expires approvals (0017). */
 static void
 sweep_cb(evutil_socket_t fd, short what, void *arg)
 {

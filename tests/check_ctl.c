@@ -645,6 +645,20 @@ START_TEST(test_alarms_and_stuck)
 	    70001000);
 	ck_assert_int_eq(ctl(db.dsn, "erin", "queue", "recursion", "default",
 	    "0", "-", NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "approvals", "policy", "noop",
+	    "{\"four_eyes\": true}", NULL), 0);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', p_actor => "
+	    "'operator:erin')", 0));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "approvals", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "operator:erin"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "approvals", "approve", "1",
+	    NULL), 2);
+	ck_assert_ptr_nonnull(strstr(out_read(), "four eyes"));
+	ck_assert_int_eq(ctl(db.dsn, "bob", "approvals", "deny", "1", NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "bob", "approvals", "approve", "-n",
+	    "ok", "1", NULL), 0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "approvals", "policy", "noop",
+	    "off", NULL), 0);
 	ck_assert_int_eq(ctl(db.dsn, "erin", "budget", "set", "-q", "default",
 	    "30", NULL), 0);
 	ck_assert_int_eq(ctl(db.dsn, "erin", "budget", NULL), 0);

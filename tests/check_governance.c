@@ -280,6 +280,155 @@ START_TEST(test_self_triggering_chains)
 }
 END_TEST
 
+static const char approve_sql[] =
+    "SELECT eav.approval_approve($1::bigint, $2, 'looks fine')";
+static const char deny_sql[] =
+    "SELECT eav.approval_deny($1::bigint, $2, $3)";
+
+/* The open approval of task t's first step (caller frees). */
+static char *
+approval_of(PGconn *c, const char *task)
+{
+	return th_str(c, "SELECT id::text FROM eav.approvals WHERE task_id = "
+	    "$1::bigint AND state = 'open'", 1, task);
+}
+
+/*
+ * Policies and decisions in SQL: a step of a policed tool waits; approve
+ * makes it pending; deny fails it and its task; approving twice, denied,
+ * unknown or by the task's creator (four eyes) is refused; a denial
+ * needs a reason; a cancelled task closes its approval; bad policies
+ * are refused with nothing stored.
+ */
+START_TEST(test_approvals_decisions)
+{
+	struct th_db	 db;
+	const char	*e;
+	char		*t1, *t2, *t3, *a1, *a2, *a3;
+
+	th_db_new(&db);
+	e = th_err(db.conn, "SELECT eav.tool_approval_set('noop', "
+	    "'{\"ttl_ms\": 0}')", 0);
+	ck_assert_msg(strstr(e, "22023") && strstr(e, "ttl_ms"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.tool_approval_set('noop', "
+	    "'{\"on_expiry\": \"later\"}')", 0);
+	ck_assert_msg(strstr(e, "on_expiry"), "%s", e);
+	e = th_err(db.conn, "SELECT eav.tool_approval_set('noop', "
+	    "'{\"who\": 1}')", 0);
+	ck_assert_msg(strstr(e, "unknown field \"who\""), "%s", e);
+	e = th_err(db.conn, "SELECT eav.tool_approval_set('nope', '{}')", 0);
+	ck_assert_msg(strstr(e, "no tool"), "%s", e);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tools "
+	    "WHERE approval IS NOT NULL", 0), 0);
+	PQclear(th_exec(db.conn, "SELECT eav.tool_approval_set('noop', "
+	    "'{\"four_eyes\": true}', 'operator:admin')", 0));
+	t1 = th_str(db.conn, "SELECT eav.enqueue('noop', p_actor => "
+	    "'operator:alice')::text", 0);
+	t2 = th_str(db.conn, "SELECT eav.enqueue('noop', p_actor => "
+	    "'operator:alice')::text", 0);
+	t3 = th_str(db.conn, "SELECT eav.enqueue('noop', p_actor => "
+	    "'operator:alice')::text", 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps "
+	    "WHERE state = 'waiting_approval'", 0), 3);
+	a1 = approval_of(db.conn, t1);
+	a2 = approval_of(db.conn, t2);
+	a3 = approval_of(db.conn, t3);
+	e = th_err(db.conn, approve_sql, 2, a1, "operator:alice");
+	ck_assert_msg(strstr(e, "EA006") && strstr(e, "four eyes"), "%s", e);
+	PQclear(th_exec(db.conn, approve_sql, 2, a1, "operator:bob"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "task_id = $1::bigint AND state = 'pending'", 1, t1), 1);
+	e = th_err(db.conn, approve_sql, 2, a1, "operator:bob");
+	ck_assert_msg(strstr(e, "EA003") && strstr(e, "already approved"),
+	    "%s", e);
+	e = th_err(db.conn, deny_sql, 3, a2, "operator:bob", "");
+	ck_assert_msg(strstr(e, "needs a reason"), "%s", e);
+	PQclear(th_exec(db.conn, deny_sql, 3, a2, "operator:bob", "no"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks WHERE "
+	    "id = $1::bigint AND state = 'failed'", 1, t2), 1);
+	e = th_err(db.conn, approve_sql, 2, a2, "operator:bob");
+	ck_assert_msg(strstr(e, "already denied"), "%s", e);
+	e = th_err(db.conn, approve_sql, 2, "999999", "operator:bob");
+	ck_assert_msg(strstr(e, "EA004"), "%s", e);
+	PQclear(th_exec(db.conn, "SELECT eav.task_cancel($1::bigint, "
+	    "'operator:bob', 'not needed')", 1, t3));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.approvals "
+	    "WHERE id = $1::bigint AND state = 'cancelled'", 1, a3), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type IN ('approval.requested', "
+	    "'approval.approved', 'approval.denied')", 0), 5);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.check_invariants(false) WHERE violations > 0", 0), 0);
+	free(t1);
+	free(t2);
+	free(t3);
+	free(a1);
+	free(a2);
+	free(a3);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * With eavd: a waiting step is never claimed; approved, it runs; an
+ * approval nobody decides expires in eavd's sweep: fail policy fails the
+ * task, reissue opens a new approval; a two-step task's second step
+ * waits when it becomes ready.
+ */
+/* FM-025 */
+START_TEST(test_approvals_with_eavd)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		*t1, *t2, *t3, *a1;
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.tool_approval_set('noop', "
+	    "'{}')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.tool_approval_set('fail', "
+	    "'{\"ttl_ms\": 1000}')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.tool_approval_set('sleep', "
+	    "'{\"ttl_ms\": 1000, \"on_expiry\": \"reissue\"}')", 0));
+	th_eavd_conf(&e, &db, "[supervisor]\nworkers = 1\n"
+	    "sweep_interval = 100ms\n");
+	th_eavd_up(&e, db.conn, 1);
+	PQclear(th_exec(db.conn, "SELECT eav.tool_register('free', 'builtin', "
+	    "'{\"builtin\": \"noop\"}', true, 1000)", 0));
+	t1 = th_str(db.conn, "SELECT eav.task_enqueue('default', 'two', "
+	    "'[{\"tool\": \"free\"}, {\"tool\": \"noop\"}]', "
+	    "'operator:alice')::text", 0);
+	t2 = th_str(db.conn, "SELECT eav.enqueue('fail')::text", 0);
+	t3 = th_str(db.conn, "SELECT eav.enqueue('sleep', '{\"ms\": 1}')::text",
+	    0);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT state = "
+	    "'waiting_approval' FROM eav.steps WHERE id = $1::bigint * 128 + 2",
+	    1, t1));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT state = 'failed' FROM "
+	    "eav.tasks WHERE id = $1::bigint", 1, t2));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'approval.expired' AND task_id = "
+	    "$1::bigint", 1, t2), 1);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT count(*) >= 2 FROM "
+	    "eav.approvals WHERE task_id = $1::bigint", 1, t3));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'step.claimed' AND task_id IN "
+	    "($1::bigint, $2::bigint)", 2, t2, t3), 0);
+	a1 = approval_of(db.conn, t1);
+	PQclear(th_exec(db.conn, approve_sql, 2, a1, "operator:bob"));
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT state = 'succeeded' "
+	    "FROM eav.tasks WHERE id = $1::bigint", 1, t1));
+	PQclear(th_exec(db.conn, "SELECT eav.task_cancel($1::bigint, "
+	    "'operator:bob', 'done testing')", 1, t3));
+	th_eavd_stop_ok(&e);
+	th_assert_sound(db.conn);
+	free(t1);
+	free(t2);
+	free(t3);
+	free(a1);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_governance(void)
 {
@@ -292,6 +441,8 @@ suite_governance(void)
 	tcase_add_test(tc, test_retry_storm_capped);
 	tcase_add_test(tc, test_recursion_refused_settings);
 	tcase_add_test(tc, test_self_triggering_chains);
+	tcase_add_test(tc, test_approvals_decisions);
+	tcase_add_test(tc, test_approvals_with_eavd);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;

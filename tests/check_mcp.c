@@ -3,10 +3,11 @@
  * the build directory) as the MCP server of tools registered through
  * eav.tool_register.  One test per outcome mapping (a result, isError,
  * JSON-RPC errors by code, the server crashing mid-call, breaking the
- * protocol, timing out, failing its handshake, answering too much), what
- * the server can see, and SIGKILLs of the worker in the middle of calls:
- * the server's whole group dies before the step is reconciled, and an
- * idempotent far side has at most one effect per key.
+ * protocol, timing out, failing its handshake, listing its tools in
+ * pages, answering too much), what the server can see, and SIGKILLs of
+ * the worker in the middle of calls: the server's whole group dies before
+ * the step is reconciled, and an idempotent far side has at most one
+ * effect per key.
  */
 #include <sys/wait.h>
 
@@ -354,6 +355,67 @@ START_TEST(test_mcp_no_start)
 }
 END_TEST
 
+/* mcpd listing its tools two a page: far, a; b, c; d, target. */
+#define PAGED	"[\"--page-size=2\", \"--tool=a\", \"--tool=b\", " \
+		"\"--tool=c\", \"--tool=d\", \"--tool=target\"]"
+
+/* Paged tools/lists, how each call ends and the word it leaves. */
+static const struct {
+	const char	*flags;
+	const char	*config;
+	const char	*state;
+	const char	*word;		/* in the log, or the step's error */
+} pages[] = {
+	{ PAGED, "{\"tool\": \"target\"}", "succeeded", "ready (tools/list: "
+	    "3 pages)" },
+	{ PAGED, "{\"tool\": \"nope\"}", "failed", "the MCP server has no "
+	    "tool \"nope\" (not in its tools/list, 3 pages)" },
+	{ "[\"--list-loop\"]", "{\"tool\": \"nope\"}", "failed", "not sent: "
+	    "the MCP server did not start: tools/list still had a nextCursor "
+	    "after 100 pages, none naming the tool \"nope\"" },
+};
+
+/*
+ * A tools/list in pages is followed by its nextCursor: a tool on page 3
+ * is found and called; a tool on no page fails the call at once (it was
+ * never sent); a list whose cursor never ends is given up after 100
+ * pages, as a server that did not start (retryable, never sent).
+ */
+/* FM-073 FM-080 */
+START_TEST(test_mcp_list_pages)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	const char	*step;
+	int		 ok = strcmp(pages[_i].state, "succeeded") == 0;
+	int		 lost = strstr(pages[_i].word, "not sent") != NULL;
+
+	th_far_db(&db);
+	reg(db.conn, "far", pages[_i].flags, 1, 30000, pages[_i].config);
+	th_far_conf(&e, &db, "mcp9", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "far", "{}", 2);
+	th_wait_state(db.conn, &e, step, pages[_i].state);
+	if (ok) {
+		ck_assert(th_log_contains(&e, pages[_i].word));
+		ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+		    "eav.steps WHERE id = $1::bigint AND "
+		    "result->'structuredContent'->>'name' = 'target'", 1,
+		    step), 1);
+	} else
+		th_assert_failed(db.conn, step, pages[_i].word);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM far_deliveries",
+	    0), ok);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
+	    "WHERE step_id = $1::bigint AND type = 'step.claimed'", 1, step),
+	    lost ? 2 : 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 0);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
 /*
  * A result larger than max_output_bytes fails the call; a message so
  * large it passes the line cap too (max_output_bytes + 64 KiB) cannot
@@ -635,6 +697,8 @@ suite_mcp(void)
 	tcase_add_test(tc, test_mcp_timeout);
 	tcase_add_loop_test(tc, test_mcp_no_start, 0,
 	    (int)(sizeof(no_start) / sizeof(no_start[0])));
+	tcase_add_loop_test(tc, test_mcp_list_pages, 0,
+	    (int)(sizeof(pages) / sizeof(pages[0])));
 	tcase_add_test(tc, test_mcp_output_cap);
 	tcase_add_test(tc, test_mcp_isolation);
 	tcase_set_timeout(tc, 120);

@@ -6,7 +6,9 @@
  * by their ids, all on the worker's event loop.
  *
  * A server's life: DOWN (no process) -> STARTING (initialize sent) ->
- * LISTING (tools/list sent) -> READY (calls are sent as they come); a
+ * LISTING (tools/list sent, page after page while its answer names a
+ * nextCursor and not the tool, up to MCP_LIST_PAGES) -> READY (calls are
+ * sent as they come); a
  * server that dies, times out or breaks the protocol is SIGKILLed (its
  * whole group) and is DOWN again, to be started anew after a back-off
  * (100 ms, doubling to 30 s, reset by a successful initialize).  A
@@ -57,6 +59,7 @@
 #define MCP_BACKOFF_MAX		30000
 #define MCP_CLOSE_MS		2000	/* from SIGTERM to SIGKILL */
 #define MCP_INIT_DEFAULT	10000
+#define MCP_LIST_PAGES		100	/* of tools/list before giving up */
 #define MCP_LINE_SLACK		65536	/* a message's size over the result */
 #define MCP_STDERR_LOG		65536	/* bytes of stderr logged a process */
 #define MCP_STDERR_LINE		4096
@@ -92,6 +95,7 @@ struct mcp_server {
 	struct evbuffer		*out, *in, *err;
 	size_t			 err_logged, err_dropped;
 	long long		 next_id, init_id, list_id;
+	int			 pages;		/* of tools/list asked for */
 	int			 missing;	/* tools/list lacks the tool */
 	struct event		*timer;		/* see mcp_timer_cb */
 	int			 backoff_ms;
@@ -137,8 +141,11 @@ static void	mcp_message(struct mcp_server *, const char *, size_t);
 static void	mcp_request(struct mcp_server *, json_t *);
 static void	mcp_response(struct mcp_server *, json_t *);
 static void	mcp_initialized(struct mcp_server *, json_t *, json_t *);
+static void	mcp_list(struct mcp_server *, const char *);
 static void	mcp_listed(struct mcp_server *, json_t *, json_t *);
+static void	mcp_ready(struct mcp_server *, int);
 static void	mcp_send_queued(struct mcp_server *);
+static void	mcp_missing_text(struct mcp_server *, char *, size_t);
 static void	mcp_fail_queued(struct mcp_server *, enum step_outcome,
 		    const char *);
 static void	mcp_fail_sent(struct mcp_server *, const char *);
@@ -184,9 +191,7 @@ mcp_start(struct worker *w, struct step *s)
 		return;
 	}
 	if (srv->state == MCP_READY && srv->missing) {
-		snprintf(err, sizeof(err), "the MCP server has no tool \"%s\" "
-		    "(not in its tools/list)", srv->remote);
-		tool_utf8_trim(err);
+		mcp_missing_text(srv, err, sizeof(err));
 		step_finish(s, OUT_FAILED, NULL, err);
 		return;
 	}
@@ -603,10 +608,13 @@ mcp_timer_cb(evutil_socket_t fd, short what, void *arg)
 			mcp_spawn(srv);
 		break;
 	case MCP_STARTING:
+		snprintf(why, sizeof(why), "no answer to initialize within %d "
+		    "ms", srv->init_timeout_ms);
+		mcp_start_failed(srv, why);
+		break;
 	case MCP_LISTING:
-		snprintf(why, sizeof(why), "no answer to %s within %d ms",
-		    srv->state == MCP_STARTING ? "initialize" : "tools/list",
-		    srv->init_timeout_ms);
+		snprintf(why, sizeof(why), "no answer to tools/list (page %d) "
+		    "within %d ms", srv->pages, srv->init_timeout_ms);
 		mcp_start_failed(srv, why);
 		break;
 	case MCP_CLOSING:
@@ -885,26 +893,47 @@ mcp_initialized(struct mcp_server *srv, json_t *result, json_t *error)
 	    "protocolVersion")) ? json_string_value(json_object_get(result,
 	    "protocolVersion")) : "?");
 	srv->state = MCP_LISTING;
-	srv->list_id = ++srv->next_id;
+	srv->pages = 0;
 	mcp_send(srv, json_pack("{s:s, s:s}", "jsonrpc", "2.0", "method",
 	    "notifications/initialized"));
 	if (srv->state == MCP_LISTING)
-		mcp_send(srv, json_pack("{s:s, s:I, s:s, s:{}}", "jsonrpc",
-		    "2.0", "id", (json_int_t)srv->list_id, "method",
-		    "tools/list", "params"));
+		mcp_list(srv, NULL);
 }
 
 /*
- * The answer to tools/list: the server is READY, and knows whether it
- * has the tool (a list with more pages is taken on trust).
+ * Asks for a page of tools/list (the first if cursor is NULL); each page
+ * gets init_timeout_ms of its own.
+ */
+static void
+mcp_list(struct mcp_server *srv, const char *cursor)
+{
+	struct timeval	 tv = clock_tv(srv->init_timeout_ms);
+	json_t		*params = json_object();
+
+	if (params == NULL || (cursor != NULL && json_object_set_new(params,
+	    "cursor", json_string(cursor)) == -1))
+		fatalx("cannot make a tools/list request");
+	srv->list_id = ++srv->next_id;
+	srv->pages++;
+	if (evtimer_add(srv->timer, &tv) == -1)
+		fatalx("cannot add an MCP timer");
+	mcp_send(srv, json_pack("{s:s, s:I, s:s, s:o}", "jsonrpc", "2.0", "id",
+	    (json_int_t)srv->list_id, "method", "tools/list", "params",
+	    params));
+}
+
+/*
+ * A page of tools/list: the server is READY once a page names the tool,
+ * or once the last page (no nextCursor) did not.  A server whose pages
+ * go on past MCP_LIST_PAGES (a cursor that loops, say) did not start.
  */
 static void
 mcp_listed(struct mcp_server *srv, json_t *result, json_t *error)
 {
-	json_t	*tools = json_object_get(result, "tools"), *t;
-	char	*text, why[512];
-	size_t	 i;
-	int	 found;
+	json_t		*tools = json_object_get(result, "tools"), *t;
+	const char	*cursor, *name;
+	char		*text, why[512];
+	size_t		 i;
 
 	if (error != NULL || !json_is_array(tools)) {
 		text = error != NULL ? mcp_error_text(error, NULL) :
@@ -914,20 +943,40 @@ mcp_listed(struct mcp_server *srv, json_t *result, json_t *error)
 		mcp_start_failed(srv, why);
 		return;
 	}
-	found = json_is_string(json_object_get(result, "nextCursor"));
 	json_array_foreach(tools, i, t)
-		if (json_is_string(json_object_get(t, "name")) &&
-		    strcmp(json_string_value(json_object_get(t, "name")),
-		    srv->remote) == 0)
-			found = 1;
+		if ((name = json_string_value(json_object_get(t, "name"))) !=
+		    NULL && strcmp(name, srv->remote) == 0) {
+			mcp_ready(srv, 1);
+			return;
+		}
+	cursor = json_string_value(json_object_get(result, "nextCursor"));
+	if (cursor == NULL)
+		mcp_ready(srv, 0);
+	else if (srv->pages < MCP_LIST_PAGES)
+		mcp_list(srv, cursor);
+	else {
+		snprintf(why, sizeof(why), "tools/list still had a nextCursor "
+		    "after %d pages, none naming the tool \"%s\"", srv->pages,
+		    srv->remote);
+		tool_utf8_trim(why);
+		mcp_start_failed(srv, why);
+	}
+}
+
+/* The handshake is over: calls are sent, or failed if the tool is not
+ * there. */
+static void
+mcp_ready(struct mcp_server *srv, int found)
+{
 	srv->missing = !found;
 	srv->state = MCP_READY;
 	srv->backoff_ms = 0;
 	srv->retry_at = 0;
 	srv->why[0] = '\0';
 	evtimer_del(srv->timer);
-	log_info("tool=%s: MCP server pid %d ready%s", srv->tool,
-	    (int)srv->proc->pid, found ? "" : " (without the tool)");
+	log_info("tool=%s: MCP server pid %d ready%s (tools/list: %d "
+	    "page%s)", srv->tool, (int)srv->proc->pid, found ? "" :
+	    " without the tool", srv->pages, srv->pages == 1 ? "" : "s");
 	mcp_send_queued(srv);
 }
 
@@ -949,10 +998,19 @@ mcp_send_queued(struct mcp_server *srv)
 			mcp_call_send(c);
 			continue;
 		}
-		snprintf(err, sizeof(err), "the MCP server has no tool \"%s\" "
-		    "(not in its tools/list)", srv->remote);
+		mcp_missing_text(srv, err, sizeof(err));
 		mcp_call_finish(c, OUT_FAILED, NULL, err);
 	}
+}
+
+/* The error of a call to a server whose tools/list lacks the tool. */
+static void
+mcp_missing_text(struct mcp_server *srv, char *err, size_t len)
+{
+	snprintf(err, len, "the MCP server has no tool \"%s\" (not in its "
+	    "tools/list, %d page%s)", srv->remote, srv->pages,
+	    srv->pages == 1 ? "" : "s");
+	tool_utf8_trim(err);
 }
 
 /* Finishes every call not sent yet with o (a retry counts against the

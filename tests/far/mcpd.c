@@ -1,8 +1,9 @@
 /*
  * mcpd: the far side of the mcp tool in tests, an MCP server on stdio
  * (JSON-RPC 2.0, one message a line).  It answers initialize, ignores
- * notifications, lists one tool "far" (and each --tool=NAME), and takes
- * tools/call of any name.  Every call is a delivery (table
+ * notifications, lists one tool "far" (and each --tool=NAME; with
+ * --page-size=N, N tools a page, the page's offset as its cursor), and
+ * takes tools/call of any name.  Every call is a delivery (table
  * far_deliveries, through its own connection to RECORDER_DSN when it is
  * set); with the default idempotent far side the effect is one row per
  * _meta "eav/idempotency_key" (far_effects, INSERT ... ON CONFLICT DO
@@ -13,7 +14,7 @@
  * come out of order):
  *
  *   ok           (the default) a result whose structuredContent says what
- *                was recorded, with the server's pid.
+ *                was recorded, with the server's pid and the tool's name.
  *   error        a JSON-RPC error "code" / "message"; from attempt
  *                "until_attempt" on, ok instead.
  *   tool_error   a result with isError true and "message" as its text.
@@ -30,8 +31,10 @@
  *
  * Flags: --init-error (initialize gets an error), --init-hang (it gets no
  * answer), --exit-after-init (exits once initialize is answered),
- * --every, --tool=NAME, --marker=TEXT (ignored: for ps).  Built without
- * sanitizers; exit 2 on a usage error.
+ * --every, --tool=NAME, --page-size=N, --list-loop (every page of
+ * tools/list has a nextCursor: the last one points back at the first),
+ * --marker=TEXT (ignored: for ps).  Built without sanitizers; exit 2 on a
+ * usage error.
  */
 #include <sys/types.h>
 
@@ -57,14 +60,16 @@ struct pending {
 	long long	 due;
 	int		 phase;
 	json_t		*id;
+	json_t		*name;
 	json_t		*args;
 	json_t		*meta;
 	json_t		*recorded;
 };
 
 static int		 every, init_error, init_hang, exit_after_init;
+static int		 list_loop;
 static const char	*tools[MAX_TOOLS] = { "far" };
-static int		 ntools = 1;
+static int		 ntools = 1, page_size = MAX_TOOLS;
 static struct pending	*pendings;
 static PGconn		*db;
 
@@ -79,6 +84,7 @@ static json_t	*text_result(const char *, json_t *, int);
 static void	act(struct pending *);
 static void	finish(struct pending *);
 static void	schedule(struct pending *, long long, int);
+static void	tools_list(json_t *, json_t *);
 static void	tools_call(json_t *, json_t *);
 static void	handle(const char *);
 static void	run_due(void);
@@ -260,6 +266,7 @@ finish(struct pending *p)
 		return;
 	}
 	json_object_set(p->recorded, "arguments", p->args);
+	json_object_set(p->recorded, "name", p->name);
 	text = json_dumps(p->recorded, JSON_COMPACT);
 	answer(p->id, text_result(text != NULL ? text : "?",
 	    json_incref(p->recorded), 0));
@@ -274,6 +281,34 @@ schedule(struct pending *p, long long ms, int phase)
 	p->phase = phase;
 	p->next = pendings;
 	pendings = p;
+}
+
+/*
+ * tools/list: the page at the cursor (an offset, as a string), with the
+ * next page's cursor if there is one.
+ */
+static void
+tools_list(json_t *id, json_t *params)
+{
+	json_t		*list = json_array(), *page;
+	const char	*cursor = far_str(params, "cursor", "0");
+	char		*end, next[16];
+	long		 off = strtol(cursor, &end, 10);
+	int		 i;
+
+	if (*cursor == '\0' || *end != '\0' || off < 0 || off >= ntools) {
+		json_decref(list);
+		answer_error(id, -32602, "invalid cursor");
+		return;
+	}
+	for (i = (int)off; i < ntools && i < off + page_size; i++)
+		json_array_append_new(list, json_pack("{s:s, s:{s:s}}", "name",
+		    tools[i], "inputSchema", "type", "object"));
+	page = json_pack("{s:o}", "tools", list);
+	snprintf(next, sizeof(next), "%d", i < ntools ? i : 0);
+	if (i < ntools || list_loop)
+		json_object_set_new(page, "nextCursor", json_string(next));
+	answer(id, page);
 }
 
 /* tools/call: waits before_ms, then acts. */
@@ -293,6 +328,7 @@ tools_call(json_t *id, json_t *params)
 	if (p == NULL)
 		far_die("out of memory");
 	p->id = json_incref(id);
+	p->name = json_incref(json_object_get(params, "name"));
 	p->args = json_incref(args);
 	p->meta = json_incref(json_object_get(params, "_meta"));
 	schedule(p, far_num(args, "before_ms", 0), 0);
@@ -302,10 +338,9 @@ tools_call(json_t *id, json_t *params)
 static void
 handle(const char *line)
 {
-	json_t		*msg, *id, *list;
+	json_t		*msg, *id;
 	json_error_t	 jerr;
 	const char	*method;
-	int		 i;
 
 	if ((msg = json_loads(line, 0, &jerr)) == NULL)
 		far_die("stdin: %s", jerr.text);
@@ -319,14 +354,9 @@ handle(const char *line)
 		    "serverInfo", "name", "mcpd", "version", "1"));
 		if (exit_after_init)
 			exit(0);
-	} else if (strcmp(method, "tools/list") == 0) {
-		list = json_array();
-		for (i = 0; i < ntools; i++)
-			json_array_append_new(list, json_pack("{s:s, s:{s:s}}",
-			    "name", tools[i], "inputSchema", "type",
-			    "object"));
-		answer(id, json_pack("{s:o}", "tools", list));
-	} else if (strcmp(method, "tools/call") == 0)
+	} else if (strcmp(method, "tools/list") == 0)
+		tools_list(id, json_object_get(msg, "params"));
+	else if (strcmp(method, "tools/call") == 0)
 		tools_call(id, json_object_get(msg, "params"));
 	else if (id != NULL && strcmp(method, "initialize") != 0)
 		answer_error(id, -32601, "method not found");
@@ -351,6 +381,7 @@ run_due(void)
 		} else {
 			finish(p);
 			json_decref(p->id);
+			json_decref(p->name);
 			json_decref(p->args);
 			json_decref(p->meta);
 			json_decref(p->recorded);
@@ -397,13 +428,18 @@ main(int argc, char **argv)
 			init_hang = 1;
 		else if (strcmp(argv[i], "--exit-after-init") == 0)
 			exit_after_init = 1;
+		else if (strcmp(argv[i], "--list-loop") == 0)
+			list_loop = 1;
 		else if (strncmp(argv[i], "--tool=", 7) == 0 &&
 		    ntools < MAX_TOOLS)
 			tools[ntools++] = argv[i] + 7;
+		else if (strncmp(argv[i], "--page-size=", 12) == 0 &&
+		    atoi(argv[i] + 12) > 0)
+			page_size = atoi(argv[i] + 12);
 		else if (strncmp(argv[i], "--marker=", 9) != 0)
 			far_die("usage: mcpd [--every] [--init-error] "
 			    "[--init-hang] [--exit-after-init] [--tool=name] "
-			    "[--marker=text]");
+			    "[--page-size=n] [--list-loop] [--marker=text]");
 	}
 	fprintf(stderr, "mcpd: pid %d up\n", (int)getpid());
 	for (;;) {

@@ -19,9 +19,11 @@
 #include <unistd.h>
 
 #include <check.h>
+#include <jansson.h>
 #include <libpq-fe.h>
 
 #include "harness.h"
+#include "../worker/jscan.h"
 
 #define DEADLINE_MS	TH_TOOL_DEADLINE_MS
 #define KILLS		20
@@ -452,6 +454,142 @@ START_TEST(test_mcp_output_cap)
 }
 END_TEST
 
+/* Texts the scanner is held to jansson's parser on, and mutated. */
+static const char *const jscan_texts[] = {
+	"{}", "  {\"a\":{}}  \r", "[1]", "", "   ", "{\"id\":1,\"result\":{}}",
+	"{\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"xx\"}]},"
+	    "\"id\":42,\"jsonrpc\":\"2.0\"}",
+	"{\"method\":\"notifications/x\",\"params\":{\"p\":[true,false,"
+	    "null]}}",
+	"{\"a\":[1,2,{\"b\":null}],\"id\":-0.5e+3,\"error\":{\"code\":1}}",
+	"{\"id\":\"x\\u00e9\\ud83d\\ude00\\n\\\"\"}", "{\"\\u0069d\":7}",
+	"{\"s\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"}",
+	"{\"id\":1,\"id\":2}", "{\"a\":tru}", "{\"a\":01}", "{\"a\":1.}",
+	"{\"a\":1e}", "{\"a\":-}", "{\"a\":1E+2,\"b\":0.25e-1}",
+	"{\"a\":\"\\ud800\"}", "{\"a\":\"\\udc00\"}", "{\"a\":\"\\u0000\"}",
+	"{\"a\":\"\x01\"}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}",
+	"{\"a\":\"\xf4\x90\x80\x80\"}", "{\"a\":\"\\x\"}", "{\"a\":1}}",
+	"{\"a\":1,}", "{,}", "{\"a\" 1}", "{\"a\":[1,]}", "{\"a\":[]}",
+};
+
+/* jscan's verdict on a text fed step bytes at a time (jscan_end's). */
+static int
+scan(struct jscan *js, const char *text, size_t len, size_t step)
+{
+	static const char *const names[] = { "id", "method", "result",
+		"error", NULL };
+	size_t			 i;
+
+	jscan_init(js, names);
+	for (i = 0; i < len; i += step)
+		if (jscan_feed(js, text + i, len - i < step ? len - i : step) ==
+		    -1)
+			return -1;
+	return jscan_end(js);
+}
+
+/*
+ * Asserts jscan judges text as jansson does (fed whole and a byte at a
+ * time), but for what it does not check (the range of numbers, keys
+ * twice below the top level), and keeps the named members' values.
+ */
+static void
+agree(const char *text, size_t len)
+{
+	const char *const	 names[] = { "id", "method", "result",
+				    "error" };
+	const struct jscan_member *m;
+	struct jscan		 js;
+	json_error_t		 jerr;
+	json_t			*v, *kept;
+	int			 rc = scan(&js, text, len, len > 0 ? len : 1);
+	size_t			 i;
+
+	ck_assert_int_eq(scan(&js, text, len, 1), rc);
+	v = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (rc == 1 || (v == NULL && rc == 0 && (strstr(jerr.text, "too big")
+	    || strstr(jerr.text, "overflow") || strstr(jerr.text,
+	    "duplicate")))) {
+		ck_assert_ptr_null(v);
+		return;
+	}
+	ck_assert_msg((rc == 0) == json_is_object(v), "jscan %d (%s), jansson "
+	    "%s: %.*s", rc, js.err, v != NULL ? "ok" : jerr.text, (int)len,
+	    text);
+	for (i = 0; v != NULL && i < sizeof(names) / sizeof(names[0]); i++) {
+		m = jscan_member(&js, names[i]);
+		ck_assert_int_eq(m->seen, json_object_get(v, names[i]) != NULL);
+		if (!m->seen || m->len > JSCAN_RAW)
+			continue;
+		kept = json_loadb(m->raw, m->len, JSON_DECODE_ANY, NULL);
+		ck_assert(json_equal(kept, json_object_get(v, names[i])));
+		json_decref(kept);
+	}
+	json_decref(v);
+}
+
+/* Changes, adds or drops a random byte of buf, 3 times; its new length. */
+static size_t
+mutate(char *buf, size_t len, unsigned long long *x)
+{
+	static const char	alpha[] = "{}[]\":,019-+.eEtrulsn \\u\x01"
+				    "\xc3\xa9\xed\xf0\x9fidmethodresult";
+	size_t			pos;
+	char			c;
+	int			k;
+
+	for (k = 0; k < 3; k++) {
+		*x ^= *x << 13;
+		*x ^= *x >> 7;
+		*x ^= *x << 17;
+		pos = (size_t)(*x >> 8) % (len + 1);
+		c = alpha[(*x >> 40) % (sizeof(alpha) - 1)];
+		if (*x % 3 == 0 && pos < len)
+			buf[pos] = c;
+		else if (*x % 3 == 1) {
+			memmove(buf + pos + 1, buf + pos, len - pos);
+			buf[pos] = c;
+			len++;
+		} else if (pos < len) {
+			memmove(buf + pos, buf + pos + 1, len - pos - 1);
+			len--;
+		}
+	}
+	return len;
+}
+
+/*
+ * The scanner that judges a line over the cap agrees with jansson, which
+ * judges every other line: on texts made to break each rule, on random
+ * mutations of them, and at jansson's nesting limit.
+ */
+START_TEST(test_mcp_jscan)
+{
+	const size_t		 ntexts = sizeof(jscan_texts) /
+				    sizeof(jscan_texts[0]);
+	unsigned long long	 x = 88172645463325252ULL;
+	static char		 buf[2 * JSCAN_DEPTH + 64];
+	size_t			 i, len;
+	int			 k;
+
+	for (i = 0; i < ntexts; i++)
+		agree(jscan_texts[i], strlen(jscan_texts[i]));
+	for (i = 0; i < 200000; i++) {
+		len = strlen(jscan_texts[i % ntexts]);
+		memcpy(buf, jscan_texts[i % ntexts], len);
+		agree(buf, mutate(buf, len, &x));
+	}
+	for (k = JSCAN_DEPTH - 1; k <= JSCAN_DEPTH; k++) {
+		len = (size_t)snprintf(buf, sizeof(buf), "{\"a\":");
+		memset(buf + len, '[', (size_t)k);
+		memset(buf + len + k, ']', (size_t)k);
+		len += 2 * (size_t)k;
+		buf[len++] = '}';
+		agree(buf, len);
+	}
+}
+END_TEST
+
 /* Asserts the server's environment is empty. */
 static void
 assert_environ(pid_t pid)
@@ -699,6 +837,7 @@ suite_mcp(void)
 	    (int)(sizeof(no_start) / sizeof(no_start[0])));
 	tcase_add_loop_test(tc, test_mcp_list_pages, 0,
 	    (int)(sizeof(pages) / sizeof(pages[0])));
+	tcase_add_test(tc, test_mcp_jscan);
 	tcase_add_test(tc, test_mcp_output_cap);
 	tcase_add_test(tc, test_mcp_isolation);
 	tcase_set_timeout(tc, 120);

@@ -4,10 +4,11 @@
  * eav.tool_register.  One test per outcome mapping (a result, isError,
  * JSON-RPC errors by code, the server crashing mid-call, breaking the
  * protocol, timing out, failing its handshake, listing its tools in
- * pages, answering too much), what the server can see, and SIGKILLs of
- * the worker in the middle of calls: the server's whole group dies before
- * the step is reconciled, and an idempotent far side has at most one
- * effect per key.
+ * pages, answering too much or sending lines over the cap, which the
+ * scanner of worker/jscan.c reads past), what the server can see, and
+ * SIGKILLs of the worker in the middle of calls: the server's whole group
+ * dies before the step is reconciled, and an idempotent far side has at
+ * most one effect per key.
  */
 #include <sys/wait.h>
 
@@ -226,11 +227,15 @@ static const struct {
 	    "request in flight has" },
 	{ "{\"mode\": \"unsolicited\"}", "the MCP server answered id 999999, "
 	    "which no request in flight has" },
+	{ "{\"mode\": \"big_garbage\", \"bytes\": 200000}", "the MCP server "
+	    "sent invalid JSON-RPC: the end of the text expected at byte % (of "
+	    "a message over 131072 bytes)" },
 };
 
 /*
- * The server sends a line that is not JSON, answers the wrong id, or
- * answers an id never asked while a call is in flight: the call's
+ * The server sends a line that is not JSON (short, or over the line cap
+ * and spoilt only at its end), answers the wrong id, or answers an id
+ * never asked while a call is in flight: the call's
  * outcome is unknown (tool_lost) with the reason audited, nothing of the
  * answer is kept, the server is replaced, and the worker goes on.
  */
@@ -418,17 +423,26 @@ START_TEST(test_mcp_list_pages)
 }
 END_TEST
 
+/* Counts the steps of the test that did not end as want. */
+static const char others_sql[] =
+    "SELECT count(*) FROM eav.steps WHERE id = ANY($1::bigint[]) AND "
+    "state <> $2";
+
 /*
- * A result larger than max_output_bytes fails the call; a message so
- * large it passes the line cap too (max_output_bytes + 64 KiB) cannot
- * even be read whole: the server is lost, the outcome unknown.
+ * A result larger than max_output_bytes fails the call.  A response so
+ * large it passes the line cap too (max_output_bytes + 64 KiB) is never
+ * held: it is scanned to its end, its id read (first or last in the
+ * message), and its call fails: the server did answer, so the outcome is
+ * known (no unknown outcome, nothing kept).  The same server goes on,
+ * with the call in flight beside the huge answer.
  */
 /* FM-074 */
 START_TEST(test_mcp_output_cap)
 {
 	struct th_db	 db;
 	struct th_eavd	 e;
-	char		 at[24], over[24], huge[24];
+	char		 at[24], over[24], huge[24], last[24], beside[24];
+	char		 ids[128];
 
 	th_far_db(&db);
 	reg(db.conn, "far.small", NULL, 0, 30000, "{\"max_output_bytes\": "
@@ -442,13 +456,101 @@ START_TEST(test_mcp_output_cap)
 	    "{\"mode\": \"big\", \"bytes\": 2000}", 1));
 	th_wait_state(db.conn, &e, over, "failed");
 	th_assert_failed(db.conn, over, "result larger than 1000 bytes");
+	snprintf(beside, sizeof(beside), "%s", th_enqueue(db.conn, "far.small",
+	    "{\"ms\": 700}", 1));
 	snprintf(huge, sizeof(huge), "%s", th_enqueue(db.conn, "far.small",
-	    "{\"mode\": \"big\", \"bytes\": 200000}", 1));
-	th_wait_state(db.conn, &e, huge, "held");
-	ck_assert_int_eq(unknowns(db.conn, huge, "tool_lost", "the MCP server "
-	    "sent a message larger than 66536 bytes"), 1);
+	    "{\"mode\": \"big\", \"bytes\": 200000, \"ms\": 100}", 1));
+	snprintf(last, sizeof(last), "%s", th_enqueue(db.conn, "far.small",
+	    "{\"mode\": \"big\", \"bytes\": 300000, \"id_last\": true, "
+	    "\"ms\": 200}", 1));
+	th_wait_settled(db.conn, &e, "far.small", DEADLINE_MS);
+	th_assert_failed(db.conn, huge, "response larger than 66536 bytes "
+	    "(2000");
+	th_assert_failed(db.conn, last, "response larger than 66536 bytes "
+	    "(3000");
+	snprintf(ids, sizeof(ids), "{%s,%s}", at, beside);
+	ck_assert_int_eq(th_ll(db.conn, others_sql, 2, ids, "succeeded"), 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT length(result->'content'->0->>"
 	    "'text') FROM eav.steps WHERE id = $1::bigint", 1, at), 900);
+	/* Answered, not lost: one server throughout, no unknown outcome. */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT pid) FROM "
+	    "far_deliveries", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM far_deliveries",
+	    0), 5);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 0);
+	ck_assert(th_log_contains(&e, "with a response larger than 66536 "
+	    "bytes"));
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A notification or a request from the server over the line cap is
+ * dropped (logged; the request answered with an error, so the server
+ * need not wait), and the call it came with goes on, on the same server.
+ */
+/* FM-081 */
+START_TEST(test_mcp_oversize_message)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		 notify[24], request[24], ids[64];
+
+	th_far_db(&db);
+	reg(db.conn, "far.once", NULL, 0, 30000, NULL);
+	th_far_conf(&e, &db, "mcp10", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(notify, sizeof(notify), "%s", th_enqueue(db.conn, "far.once",
+	    "{\"mode\": \"big_notify\", \"bytes\": 200000}", 1));
+	snprintf(request, sizeof(request), "%s", th_enqueue(db.conn,
+	    "far.once", "{\"mode\": \"big_request\", \"bytes\": 300000}",
+	    1));
+	th_wait_settled(db.conn, &e, "far.once", DEADLINE_MS);
+	snprintf(ids, sizeof(ids), "{%s,%s}", notify, request);
+	ck_assert_int_eq(th_ll(db.conn, others_sql, 2, ids, "succeeded"), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint AND result->'structuredContent'->"
+	    "'client_answer'->'error'->>'code' = '-32600' AND "
+	    "result->'structuredContent'->'client_answer'->'error'->>"
+	    "'message' = 'request larger than 131072 bytes, not read'", 1,
+	    request), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT pid) FROM "
+	    "far_deliveries", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.unknown_outcomes", 0), 0);
+	ck_assert(th_log_contains(&e, "sent a notification "
+	    "notifications/message of 2000"));
+	ck_assert(th_log_contains(&e, "sent a request sampling/createMessage "
+	    "of 3000"));
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A server that writes a line without end is read past, a slice at a
+ * time, without holding the worker's loop: the call's timeout_ms still
+ * fires (unknown, tool_timeout) and the server is killed.
+ */
+/* FM-072 */
+START_TEST(test_mcp_endless_line)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	const char	*step;
+
+	th_far_db(&db);
+	reg(db.conn, "far.slow", NULL, 1, 500, NULL);
+	th_far_conf(&e, &db, "mcp11", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	step = th_enqueue(db.conn, "far.slow", "{\"mode\": \"endless\"}", 1);
+	th_wait_state(db.conn, &e, step, "held");
+	ck_assert_int_eq(unknowns(db.conn, step, "tool_timeout", "timed out "
+	    "after 500 ms%"), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint AND result IS NULL", 1, step), 1);
 	th_eavd_stop_ok(&e);
 	th_db_free(&db);
 }
@@ -563,6 +665,7 @@ mutate(char *buf, size_t len, unsigned long long *x)
  * judges every other line: on texts made to break each rule, on random
  * mutations of them, and at jansson's nesting limit.
  */
+/* FM-074 */
 START_TEST(test_mcp_jscan)
 {
 	const size_t		 ntexts = sizeof(jscan_texts) /
@@ -839,6 +942,8 @@ suite_mcp(void)
 	    (int)(sizeof(pages) / sizeof(pages[0])));
 	tcase_add_test(tc, test_mcp_jscan);
 	tcase_add_test(tc, test_mcp_output_cap);
+	tcase_add_test(tc, test_mcp_oversize_message);
+	tcase_add_test(tc, test_mcp_endless_line);
 	tcase_add_test(tc, test_mcp_isolation);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);

@@ -25,7 +25,14 @@
  *   garbage      writes a line that is not JSON.
  *   wrong_id     answers with the call's id + 1000.
  *   unsolicited  writes a response to id 999999, then answers.
- *   big          a result whose text is "bytes" bytes long.
+ *   big          a result whose text is "bytes" bytes long (with "id_last"
+ *                true, the response's id comes after its result).
+ *   big_garbage  as big, with a stray ']' at the end of the line.
+ *   big_notify   first a notification whose data is "bytes" bytes long.
+ *   big_request  first a request (sampling/createMessage, id "ask-<id>")
+ *                of "bytes" bytes; answers once the client has answered
+ *                it, with that answer as "client_answer".
+ *   endless      writes a line that never ends (until killed).
  *   grandchild   starts a child that sleeps "grandchild_ms" in its process
  *                group and writes "<pid> <child pid>" to "pidfile".
  *
@@ -64,6 +71,7 @@ struct pending {
 	json_t		*args;
 	json_t		*meta;
 	json_t		*recorded;
+	json_t		*asked;		/* big_request: the id it sent */
 };
 
 static int		 every, init_error, init_hang, exit_after_init;
@@ -71,6 +79,7 @@ static int		 list_loop;
 static const char	*tools[MAX_TOOLS] = { "far" };
 static int		 ntools = 1, page_size = MAX_TOOLS;
 static struct pending	*pendings;
+static struct pending	*waiting;	/* for the client's answers */
 static PGconn		*db;
 
 static long long now_ms(void);
@@ -81,6 +90,11 @@ static void	answer_error(json_t *, long long, const char *);
 static json_t	*record(json_t *);
 static void	grandchild(json_t *);
 static json_t	*text_result(const char *, json_t *, int);
+static char	*xs(long long);
+static void	big(struct pending *, const char *);
+static void	ask(struct pending *);
+static void	replied(json_t *);
+static void	endless(void);
 static void	act(struct pending *);
 static void	finish(struct pending *);
 static void	schedule(struct pending *, long long, int);
@@ -203,13 +217,115 @@ text_result(const char *text, json_t *structured, int is_error)
 	return r;
 }
 
+/* n bytes of 'x', NUL-terminated (the caller frees them). */
+static char *
+xs(long long n)
+{
+	char	*text;
+
+	if (n < 0 || (text = malloc((size_t)n + 1)) == NULL)
+		far_die("cannot make %lld bytes", n);
+	memset(text, 'x', (size_t)n);
+	text[n] = '\0';
+	return text;
+}
+
+/* Answers with a text of "bytes" bytes: modes big and big_garbage. */
+static void
+big(struct pending *p, const char *mode)
+{
+	json_t	*msg, *result;
+	char	*text = xs(far_num(p->args, "bytes", 10)), *line;
+	size_t	 len;
+
+	result = text_result(text, NULL, 0);
+	free(text);
+	if (json_is_true(json_object_get(p->args, "id_last")))
+		msg = json_pack("{s:o, s:O, s:s}", "result", result, "id",
+		    p->id, "jsonrpc", "2.0");
+	else
+		msg = json_pack("{s:s, s:O, s:o}", "jsonrpc", "2.0", "id",
+		    p->id, "result", result);
+	if (msg == NULL || (text = json_dumps(msg, JSON_COMPACT)) == NULL)
+		far_die("cannot encode a message");
+	json_decref(msg);
+	len = strlen(text);
+	if ((line = malloc(len + 2)) == NULL)
+		far_die("out of memory");
+	memcpy(line, text, len);
+	strcpy(line + len, strcmp(mode, "big_garbage") == 0 ? "]" : "");
+	put_line(line);
+	free(line);
+	free(text);
+}
+
+/* big_request: asks the client, then waits for its answer (replied). */
+static void
+ask(struct pending *p)
+{
+	char	*data = xs(far_num(p->args, "bytes", 10));
+
+	p->asked = json_sprintf("ask-%lld", (long long)json_integer_value(
+	    p->id));
+	put_json(json_pack("{s:s, s:O, s:s, s:{s:s}}", "jsonrpc", "2.0", "id",
+	    p->asked, "method", "sampling/createMessage", "params", "data",
+	    data));
+	free(data);
+	p->next = waiting;
+	waiting = p;
+}
+
+/* A response from the client: the call that asked answers now. */
+static void
+replied(json_t *msg)
+{
+	struct pending	**pp, *p;
+
+	for (pp = &waiting; (p = *pp) != NULL; pp = &p->next)
+		if (json_equal(p->asked, json_object_get(msg, "id"))) {
+			*pp = p->next;
+			json_object_set(p->recorded, "client_answer", msg);
+			schedule(p, 0, 1);
+			return;
+		}
+	fprintf(stderr, "mcpd: an answer to nothing asked\n");
+}
+
+/* endless: a line without end, written until the worker kills us. */
+static void
+endless(void)
+{
+	const char	*head = "{\"jsonrpc\": \"2.0\", \"x\": \"";
+	char		*text = xs(65536);
+
+	if (write(STDOUT_FILENO, head, strlen(head)) != (ssize_t)strlen(head))
+		exit(1);
+	for (;;)
+		if (write(STDOUT_FILENO, text, 65536) == -1 && errno != EINTR)
+			exit(1);
+}
+
 /* The call's effect, and what its mode does right away. */
 static void
 act(struct pending *p)
 {
 	const char	*mode = far_str(p->args, "mode", "ok");
+	char		*data;
 
 	p->recorded = record(p->meta);
+	if (strcmp(mode, "endless") == 0)
+		endless();
+	if (strcmp(mode, "big_request") == 0) {
+		ask(p);
+		return;
+	}
+	if (strcmp(mode, "big_notify") == 0) {
+		data = xs(far_num(p->args, "bytes", 10));
+		put_json(json_pack("{s:s, s:s, s:{s:s, s:s}}", "jsonrpc",
+		    "2.0", "method", "notifications/message", "params",
+		    "level", "info", "data", data));
+		free(data);
+	}
 	if (strcmp(mode, "crash") == 0 && far_num(p->meta, "eav/attempt", 0) <
 	    far_num(p->args, "until_attempt", 1000000)) {
 		if (far_num(p->args, "signal", 0) > 0)
@@ -228,8 +344,7 @@ static void
 finish(struct pending *p)
 {
 	const char	*mode = far_str(p->args, "mode", "ok");
-	char		*text, *big;
-	long long	 n;
+	char		*text;
 
 	if (strcmp(mode, "error") == 0 && far_num(p->meta, "eav/attempt", 0) <
 	    far_num(p->args, "until_attempt", 1000000)) {
@@ -254,15 +369,8 @@ finish(struct pending *p)
 	if (strcmp(mode, "unsolicited") == 0)
 		put_json(json_pack("{s:s, s:i, s:{}}", "jsonrpc", "2.0", "id",
 		    999999, "result"));
-	if (strcmp(mode, "big") == 0) {
-		n = far_num(p->args, "bytes", 10);
-		big = malloc((size_t)n + 1);
-		if (big == NULL)
-			far_die("out of memory");
-		memset(big, 'x', (size_t)n);
-		big[n] = '\0';
-		answer(p->id, text_result(big, NULL, 0));
-		free(big);
+	if (strcmp(mode, "big") == 0 || strcmp(mode, "big_garbage") == 0) {
+		big(p, mode);
 		return;
 	}
 	json_object_set(p->recorded, "arguments", p->args);
@@ -346,7 +454,9 @@ handle(const char *line)
 		far_die("stdin: %s", jerr.text);
 	id = json_object_get(msg, "id");
 	method = far_str(msg, "method", "");
-	if (strcmp(method, "initialize") == 0 && init_error)
+	if (json_object_get(msg, "method") == NULL)
+		replied(msg);
+	else if (strcmp(method, "initialize") == 0 && init_error)
 		answer_error(id, -32603, "initialize refused on purpose");
 	else if (strcmp(method, "initialize") == 0 && !init_hang) {
 		answer(id, json_pack("{s:s, s:{s:{}}, s:{s:s, s:s}}",
@@ -385,6 +495,7 @@ run_due(void)
 			json_decref(p->args);
 			json_decref(p->meta);
 			json_decref(p->recorded);
+			json_decref(p->asked);
 			free(p);
 		}
 		/* act may have put p back at the head: start over. */

@@ -7,8 +7,8 @@
  * pages, answering too much or sending lines over the cap, which the
  * scanner of worker/jscan.c reads past), what the server can see, and
  * SIGKILLs of the worker in the middle of calls: the server's whole group
- * dies before the step is reconciled, and an idempotent far side has at
- * most one effect per key.
+ * dies before the step is reconciled, an idempotent far side has at most
+ * one effect per key, and a non-idempotent call is held, never re-run.
  */
 #include <sys/wait.h>
 
@@ -30,6 +30,7 @@
 #define KILLS		20
 #define KILL_MS		100000	/* deadline of the kills */
 #define KILL_TOTAL_MS	150000	/* and of the drain (timeout 200 s) */
+#define HELD_ROUNDS	3	/* kills of a worker with 2 calls in flight */
 #define MAX_GROUPS	64
 
 /* Registers mcpd as the server of tool name (its tool "far"). */
@@ -882,6 +883,99 @@ START_TEST(test_mcp_kill_idempotent)
 }
 END_TEST
 
+/* A step whose non-idempotent call is held, its attempt unknown. */
+static const char held_sql[] =
+    "SELECT count(*) FROM eav.steps s WHERE s.id = $1::bigint AND"
+    " s.state = 'held' AND s.held_reason = 'unknown_outcome' AND"
+    " s.result IS NULL AND EXISTS (SELECT 1 FROM eav.unknown_outcomes u"
+    " WHERE u.step_id = s.id AND u.detected_by = 'worker_exit') AND"
+    " EXISTS (SELECT 1 FROM eav.alarms a WHERE a.subject = 'step:' || s.id"
+    " AND a.state = 'open')";
+
+/* Times step was claimed, and called (the far side records each call). */
+static const char runs_sql[] =
+    "SELECT (SELECT count(*) FROM eav.audit_events WHERE step_id = "
+    "$1::bigint AND type = 'step.claimed') * 1000 + (SELECT count(*) FROM "
+    "far_deliveries WHERE step = $1::bigint)";
+
+/*
+ * Enqueues two calls of far.once that reach the far side, then hold
+ * their answers; waits until both are recorded there.  Fills steps.
+ */
+static void
+two_calls(PGconn *c, const struct th_eavd *e, char steps[2][24])
+{
+	int	i;
+
+	for (i = 0; i < 2; i++)
+		snprintf(steps[i], sizeof(steps[i]), "%s", th_enqueue(c,
+		    "far.once", "{\"ms\": 60000}", 3));
+	ck_assert_msg(th_wait(c, DEADLINE_MS, "SELECT count(DISTINCT step) = 2 "
+	    "FROM far_deliveries WHERE step IN ($1::bigint, $2::bigint)", 2,
+	    steps[0], steps[1]), "calls %s and %s never reached the far side "
+	    "(log %s)", steps[0], steps[1], e->log);
+}
+
+/*
+ * SIGKILLs of a worker with two calls of a non-idempotent tool in flight
+ * on its MCP server, after the far side ran them: once eavd has
+ * reconciled them (a poll with a deadline), no process of the server's
+ * group is alive (/proc), and each step is held with an unknown outcome
+ * (worker_exit) and an open alarm.  It is never run again by itself:
+ * after the last kill a new worker runs a call of the same tool, and
+ * still each held step was claimed once and reached the far side once.
+ */
+/* FM-076 */
+START_TEST(test_mcp_kill_non_idempotent)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct th_call	 k;
+	char		 mark[128], steps[HELD_ROUNDS][2][24];
+	const char	*after;
+	int		 r, i, survivors = 0;
+	pid_t		 server;
+
+	th_far_db(&db);
+	th_marker(&db, mark, sizeof(mark));
+	reg(db.conn, "far.once", "[\"--every\"]", 0, 120000, NULL);
+	th_far_conf(&e, &db, "mcpk3", 1, 4);
+	th_eavd_up(&e, db.conn, 1);
+	for (r = 0; r < HELD_ROUNDS; r++) {
+		two_calls(db.conn, &e, steps[r]);
+		server = (pid_t)th_ll(db.conn, "SELECT pid FROM far_deliveries "
+		    "WHERE step = $1::bigint", 1, steps[r][0]);
+		ck_assert(th_pick_call(db.conn, e.pid, "far.once", "0", &k));
+		ck_assert_int_eq(kill_call(db.conn, &e, &k, mark, &survivors),
+		    1);
+		ck_assert_msg(th_gone(server, mark), "MCP server %d outlived "
+		    "the reconcile of its worker %d", (int)server,
+		    (int)k.owner);
+		for (i = 0; i < 2; i++) {
+			th_wait_state(db.conn, &e, steps[r][i], "held");
+			ck_assert_int_eq(th_ll(db.conn, held_sql, 1,
+			    steps[r][i]), 1);
+		}
+	}
+	ck_assert_int_eq(survivors, 0);
+	/* A new worker works the same tool; the held steps stay as they are. */
+	after = th_enqueue(db.conn, "far.once", "{}", 1);
+	th_wait_state(db.conn, &e, after, "succeeded");
+	for (r = 0; r < HELD_ROUNDS; r++)
+		for (i = 0; i < 2; i++) {
+			ck_assert_int_eq(th_ll(db.conn, runs_sql, 1,
+			    steps[r][i]), 1001);
+			ck_assert_int_eq(th_ll(db.conn, held_sql, 1,
+			    steps[r][i]), 1);
+		}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM far_deliveries",
+	    0), 2 * HELD_ROUNDS + 1);
+	th_assert_sound(db.conn);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
 /*
  * A worker SIGKILLed while its server holds a call and a grandchild in
  * its group: eavd kills the group before it reconciles the step, so
@@ -948,6 +1042,7 @@ suite_mcp(void)
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	tcase_add_test(kills, test_mcp_kill_no_grandchild);
+	tcase_add_test(kills, test_mcp_kill_non_idempotent);
 	tcase_add_test(kills, test_mcp_kill_idempotent);
 	tcase_set_timeout(kills, 200);
 	suite_add_tcase(s, kills);

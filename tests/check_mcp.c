@@ -326,13 +326,17 @@ static const struct {
 	    "the MCP server did not start: cannot run "
 	    "/nonexistent/eav-mcp-server: execve: No such file or directory" },
 	{ "[]", "{\"tool\": \"nope\"}", "the MCP server has no tool \"nope\"" },
+	{ "[\"--list-bytes=70000\"]", "{\"max_output_bytes\": 1000}", "not "
+	    "sent: the MCP server did not start: tools/list got a response "
+	    "larger than 66536 bytes" },
 };
 
 /*
- * The server cannot start, fails or never answers its initialize, or
- * lacks the tool: the call was never sent, so the step is retried (no
- * unknown outcome) and fails once its attempts are spent; a missing tool
- * fails at once.  The far side saw no call.
+ * The server cannot start, fails or never answers its initialize (or
+ * answers tools/list with more than the line cap), or lacks the tool:
+ * the call was never sent, so the step is retried (no unknown outcome)
+ * and fails once its attempts are spent; a missing tool fails at once.
+ * The far side saw no call.
  */
 /* FM-073 */
 START_TEST(test_mcp_no_start)

@@ -40,6 +40,7 @@
  * answer), --exit-after-init (exits once initialize is answered),
  * --every, --tool=NAME, --page-size=N, --list-loop (every page of
  * tools/list has a nextCursor: the last one points back at the first),
+ * --list-bytes=N (the first tool's description is N bytes long),
  * --marker=TEXT (ignored: for ps).  Built without sanitizers; exit 2 on a
  * usage error.
  */
@@ -78,6 +79,7 @@ static int		 every, init_error, init_hang, exit_after_init;
 static int		 list_loop;
 static const char	*tools[MAX_TOOLS] = { "far" };
 static int		 ntools = 1, page_size = MAX_TOOLS;
+static long long	 list_bytes;
 static struct pending	*pendings;
 static struct pending	*waiting;	/* for the client's answers */
 static PGconn		*db;
@@ -412,6 +414,12 @@ tools_list(json_t *id, json_t *params)
 	for (i = (int)off; i < ntools && i < off + page_size; i++)
 		json_array_append_new(list, json_pack("{s:s, s:{s:s}}", "name",
 		    tools[i], "inputSchema", "type", "object"));
+	if (list_bytes > 0 && off == 0) {
+		end = xs(list_bytes);
+		json_object_set_new(json_array_get(list, 0), "description",
+		    json_string(end));
+		free(end);
+	}
 	page = json_pack("{s:o}", "tools", list);
 	snprintf(next, sizeof(next), "%d", i < ntools ? i : 0);
 	if (i < ntools || list_loop)
@@ -547,10 +555,13 @@ main(int argc, char **argv)
 		else if (strncmp(argv[i], "--page-size=", 12) == 0 &&
 		    atoi(argv[i] + 12) > 0)
 			page_size = atoi(argv[i] + 12);
+		else if (strncmp(argv[i], "--list-bytes=", 13) == 0)
+			list_bytes = atoll(argv[i] + 13);
 		else if (strncmp(argv[i], "--marker=", 9) != 0)
 			far_die("usage: mcpd [--every] [--init-error] "
 			    "[--init-hang] [--exit-after-init] [--tool=name] "
-			    "[--page-size=n] [--list-loop] [--marker=text]");
+			    "[--page-size=n] [--list-loop] [--list-bytes=n] "
+			    "[--marker=text]");
 	}
 	fprintf(stderr, "mcpd: pid %d up\n", (int)getpid());
 	for (;;) {

@@ -105,6 +105,7 @@ static void	tools_call(json_t *, json_t *);
 static void	handle(const char *);
 static void	run_due(void);
 static int	next_timeout(void);
+static void	flags(int, char **);
 
 static long long
 now_ms(void)
@@ -527,17 +528,12 @@ next_timeout(void)
 	return next <= now ? 0 : (int)(next - now);
 }
 
-int
-main(int argc, char **argv)
+/* Sets the flags of the command line; exit 2 on one it does not know. */
+static void
+flags(int argc, char **argv)
 {
-	struct pollfd	 pfd = { STDIN_FILENO, POLLIN, 0 };
-	static char	 buf[4 << 20];
-	size_t		 len = 0;
-	ssize_t		 n;
-	char		*nl, *start;
-	int		 i;
+	int	i;
 
-	far_prog = "mcpd";
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--every") == 0)
 			every = 1;
@@ -563,6 +559,19 @@ main(int argc, char **argv)
 			    "[--page-size=n] [--list-loop] [--list-bytes=n] "
 			    "[--marker=text]");
 	}
+}
+
+int
+main(int argc, char **argv)
+{
+	struct pollfd	 pfd = { STDIN_FILENO, POLLIN, 0 };
+	static char	 buf[4 << 20];
+	size_t		 len = 0;
+	ssize_t		 n;
+	char		*nl, *start;
+
+	far_prog = "mcpd";
+	flags(argc, argv);
 	fprintf(stderr, "mcpd: pid %d up\n", (int)getpid());
 	for (;;) {
 		run_due();

@@ -749,7 +749,12 @@ START_TEST(test_mcp_isolation)
 }
 END_TEST
 
-/* The process groups of pid's children (a worker's MCP servers). */
+/*
+ * The process groups of pid's children (a worker's MCP servers).  A
+ * child still in pid's own group (forked a moment ago, not yet moved to
+ * its own, so not yet able to exec) is left out: its group is eavd's,
+ * whose other members are no server's.
+ */
 static int
 child_groups(pid_t parent, pid_t *groups, int max)
 {
@@ -757,7 +762,9 @@ child_groups(pid_t parent, pid_t *groups, int max)
 	struct dirent	*de;
 	char		 path[64], buf[1024], *p, state;
 	int		 n = 0, pid, ppid, pg;
+	pid_t		 own;
 
+	ck_assert_int_eq(th_proc_stat(parent, &state, &own), 0);
 	ck_assert_ptr_nonnull(d);
 	while ((de = readdir(d)) != NULL && n < max) {
 		if ((pid = atoi(de->d_name)) <= 0)
@@ -767,7 +774,7 @@ child_groups(pid_t parent, pid_t *groups, int max)
 		    (p = strrchr(buf, ')')) == NULL ||
 		    sscanf(p + 1, " %c %d %d", &state, &ppid, &pg) != 3)
 			continue;
-		if ((pid_t)ppid == parent && state != 'Z')
+		if ((pid_t)ppid == parent && state != 'Z' && (pid_t)pg != own)
 			groups[n++] = (pid_t)pg;
 	}
 	closedir(d);
@@ -790,8 +797,11 @@ live_in_groups(const pid_t *groups, int n, const char *mark)
 		    th_proc_stat(pid, &state, &pg) == -1 || th_gone(pid, mark))
 			continue;
 		for (i = 0; i < n; i++)
-			if (pg == groups[i])
+			if (pg == groups[i]) {
+				printf("survivor: pid %d state %c group %d\n",
+				    (int)pid, state, (int)pg);
 				live++;
+			}
 	}
 	closedir(d);
 	return live;

@@ -68,7 +68,8 @@ WORKER_SRCS =	worker/main.c \
 		worker/tool_exec.c \
 		worker/tool_http.c \
 		worker/tls.c \
-		worker/tool_mcp.c
+		worker/tool_mcp.c \
+		worker/jscan.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c
 CTL_SRCS =	ctl/main.c \
@@ -170,8 +171,11 @@ $(BUILD)/bin/eavsoak: $(call obj,$(SOAK_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# Worker modules the tests call directly (unit tests beside the suites).
+TEST_UNITS =	worker/jscan.c
+
 $(call obj,$(TEST_SRCS)): CFLAGS += $(CHECK_CFLAGS) -Itests
-$(TESTBIN): $(call obj,$(TEST_SRCS)) $(LIB)
+$(TESTBIN): $(call obj,$(TEST_SRCS)) $(call obj,$(TEST_UNITS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 

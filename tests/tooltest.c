@@ -20,6 +20,8 @@
 
 #include "harness.h"
 
+#define TH_PF_EXITING	0x00000004	/* the kernel's PF_EXITING */
+
 static int	th_doomed(pid_t);
 
 /* The recorder's tables, in the test's database. */
@@ -168,18 +170,29 @@ th_proc_stat(pid_t pid, char *state, pid_t *pgrp)
 }
 
 /*
- * True if pid has a SIGKILL pending: it will never run user code again
- * (a process killed a moment ago may still show state R while the
- * kernel takes it down).
+ * True if pid has a SIGKILL pending, or is exiting (PF_EXITING in the
+ * flags of /proc/pid/stat): it will never run user code again.  A
+ * process killed a moment ago may still show state R while the kernel
+ * takes it down, and once the signal is taken from its pending set it
+ * shows only PF_EXITING until it is a zombie (its memory is freed then,
+ * which takes a while on a loaded machine).
  */
 static int
 th_doomed(pid_t pid)
 {
-	char			 path[64], buf[4096], *p;
+	char			 path[64], buf[4096], *p, state;
 	unsigned long long	 mask;
+	unsigned		 flags;
 	const char		*fields[] = { "\nSigPnd:", "\nShdPnd:" };
 	size_t			 i;
 
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if (th_read_file(path, buf, sizeof(buf)) <= 0 ||
+	    (p = strrchr(buf, ')')) == NULL)
+		return 1;
+	if (sscanf(p + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) == 2 &&
+	    (flags & TH_PF_EXITING) != 0)
+		return 1;
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
 	if (th_read_file(path, buf, sizeof(buf)) <= 0)
 		return 1;

@@ -6,7 +6,9 @@
  * by their ids, all on the worker's event loop.
  *
  * A server's life: DOWN (no process) -> STARTING (initialize sent) ->
- * LISTING (tools/list sent) -> READY (calls are sent as they come); a
+ * LISTING (tools/list sent, page after page while its answer names a
+ * nextCursor and not the tool, up to MCP_LIST_PAGES) -> READY (calls are
+ * sent as they come); a
  * server that dies, times out or breaks the protocol is SIGKILLed (its
  * whole group) and is DOWN again, to be started anew after a back-off
  * (100 ms, doubling to 30 s, reset by a successful initialize).  A
@@ -24,7 +26,14 @@
  *    outcome (tool_lost, tool_timeout), and the server is killed: after
  *    that nothing it says can reach a step.
  *  - An answer is taken whole or not at all: a result is stored only if
- *    it is a JSON object no larger than max_output_bytes.
+ *    it is a JSON object no larger than max_output_bytes.  A line longer
+ *    than that plus MCP_LINE_SLACK is never held: it is scanned as it
+ *    passes (jscan.c) and judged at its end, as a line is judged, but
+ *    for what it carries: a response to a call fails it ("response
+ *    larger than N bytes": the server answered, so the outcome is known),
+ *    a notification or request is dropped (a request gets an error).
+ *    Messages cannot hold a newline, so the next line starts after it
+ *    and the server is kept; a line that is not JSON loses it at once.
  *  - Outcomes: a result succeeded, unless its isError is true (failed);
  *    JSON-RPC errors -32700, -32600, -32601 and -32602 failed, any other
  *    code retryable.  tool_error marks the outcomes that count against
@@ -47,6 +56,7 @@
 
 #include "clock.h"
 #include "config.h"
+#include "jscan.h"
 #include "log.h"
 #include "toolproc.h"
 #include "worker.h"
@@ -57,11 +67,17 @@
 #define MCP_BACKOFF_MAX		30000
 #define MCP_CLOSE_MS		2000	/* from SIGTERM to SIGKILL */
 #define MCP_INIT_DEFAULT	10000
+#define MCP_LIST_PAGES		100	/* of tools/list before giving up */
 #define MCP_LINE_SLACK		65536	/* a message's size over the result */
 #define MCP_STDERR_LOG		65536	/* bytes of stderr logged a process */
 #define MCP_STDERR_LINE		4096
 #define MCP_TEXT_MAX		512	/* of a server's text in an error */
 #define MCP_READ		65536
+#define MCP_READS		16	/* of stdout in one callback, at most */
+#define MCP_SKIP_CHUNK		16384	/* bytes of a skipped line a pass */
+#define MCP_INVALID_RESPONSE	"the MCP server sent an invalid response " \
+				"(an id that is not an integer, no result " \
+				"or error, or both)"
 
 enum mcp_state { MCP_DOWN, MCP_STARTING, MCP_LISTING, MCP_READY,
 	MCP_CLOSING };
@@ -90,8 +106,11 @@ struct mcp_server {
 	struct toolproc		*proc;		/* NULL: no process */
 	struct event		*ev[TP_NFDS];	/* TP_IN: while output waits */
 	struct evbuffer		*out, *in, *err;
+	struct jscan		*skip;		/* a line over the cap */
+	size_t			 skip_len;	/* bytes of it so far */
 	size_t			 err_logged, err_dropped;
 	long long		 next_id, init_id, list_id;
+	int			 pages;		/* of tools/list asked for */
 	int			 missing;	/* tools/list lacks the tool */
 	struct event		*timer;		/* see mcp_timer_cb */
 	int			 backoff_ms;
@@ -131,14 +150,27 @@ static void	mcp_io_cb(evutil_socket_t, short, void *);
 static void	mcp_send(struct mcp_server *, json_t *);
 static void	mcp_flush(struct mcp_server *);
 static void	mcp_read_out(struct mcp_server *);
+static int	mcp_lines(struct mcp_server *);
+static size_t	mcp_line_max(const struct mcp_server *);
+static void	mcp_skip(struct mcp_server *, ev_ssize_t);
+static void	mcp_skipped(struct mcp_server *);
+static void	mcp_skipped_request(struct mcp_server *, struct jscan *);
+static void	mcp_skipped_response(struct mcp_server *, struct jscan *);
+static json_t  *mcp_member_value(const struct jscan *, const char *);
 static void	mcp_read_err(struct mcp_server *);
 static void	mcp_log_err(struct mcp_server *, int);
 static void	mcp_message(struct mcp_server *, const char *, size_t);
 static void	mcp_request(struct mcp_server *, json_t *);
 static void	mcp_response(struct mcp_server *, json_t *);
+static int	mcp_response_valid(struct mcp_server *, json_t *, int, int);
+static int	mcp_kind(json_t *);
+static void	mcp_unasked(struct mcp_server *, long long);
 static void	mcp_initialized(struct mcp_server *, json_t *, json_t *);
+static void	mcp_list(struct mcp_server *, const char *);
 static void	mcp_listed(struct mcp_server *, json_t *, json_t *);
+static void	mcp_ready(struct mcp_server *, int);
 static void	mcp_send_queued(struct mcp_server *);
+static void	mcp_missing_text(struct mcp_server *, char *, size_t);
 static void	mcp_fail_queued(struct mcp_server *, enum step_outcome,
 		    const char *);
 static void	mcp_fail_sent(struct mcp_server *, const char *);
@@ -184,9 +216,7 @@ mcp_start(struct worker *w, struct step *s)
 		return;
 	}
 	if (srv->state == MCP_READY && srv->missing) {
-		snprintf(err, sizeof(err), "the MCP server has no tool \"%s\" "
-		    "(not in its tools/list)", srv->remote);
-		tool_utf8_trim(err);
+		mcp_missing_text(srv, err, sizeof(err));
 		step_finish(s, OUT_FAILED, NULL, err);
 		return;
 	}
@@ -461,6 +491,8 @@ mcp_proc_drop(struct mcp_server *srv)
 	evbuffer_drain(srv->out, evbuffer_get_length(srv->out));
 	evbuffer_drain(srv->in, evbuffer_get_length(srv->in));
 	evbuffer_drain(srv->err, evbuffer_get_length(srv->err));
+	free(srv->skip);
+	srv->skip = NULL;
 	srv->proc = NULL;
 	if (p->reaped) {
 		free(p);
@@ -603,10 +635,13 @@ mcp_timer_cb(evutil_socket_t fd, short what, void *arg)
 			mcp_spawn(srv);
 		break;
 	case MCP_STARTING:
+		snprintf(why, sizeof(why), "no answer to initialize within %d "
+		    "ms", srv->init_timeout_ms);
+		mcp_start_failed(srv, why);
+		break;
 	case MCP_LISTING:
-		snprintf(why, sizeof(why), "no answer to %s within %d ms",
-		    srv->state == MCP_STARTING ? "initialize" : "tools/list",
-		    srv->init_timeout_ms);
+		snprintf(why, sizeof(why), "no answer to tools/list (page %d) "
+		    "within %d ms", srv->pages, srv->init_timeout_ms);
 		mcp_start_failed(srv, why);
 		break;
 	case MCP_CLOSING:
@@ -686,17 +721,19 @@ mcp_flush(struct mcp_server *srv)
 		event_del(srv->ev[TP_IN]);
 }
 
-/* Reads stdout and handles each whole line; a line over the cap, EOF or
- * a broken message loses the server. */
+/*
+ * Reads stdout and handles each whole line; EOF or a broken message
+ * loses the server.  MCP_READS reads at most: a server that never stops
+ * writing (a line without end) must not keep the loop from its timers.
+ */
 static void
 mcp_read_out(struct mcp_server *srv)
 {
 	struct toolproc	*p = srv->proc;
-	size_t		 len, max = srv->conf.max_output + MCP_LINE_SLACK;
-	char		*line, why[512];
-	int		 n;
+	char		 why[512];
+	int		 i, n;
 
-	for (;;) {
+	for (i = 0; i < MCP_READS; i++) {
 		n = evbuffer_read(srv->in, p->fds[TP_OUT], MCP_READ);
 		if (n == -1 && errno == EINTR)
 			continue;
@@ -708,20 +745,205 @@ mcp_read_out(struct mcp_server *srv)
 			mcp_lost(srv, why);
 			return;
 		}
-		while ((line = evbuffer_readln(srv->in, &len,
-		    EVBUFFER_EOL_LF)) != NULL) {
+		if (mcp_lines(srv) == -1)
+			return;
+	}
+}
+
+/*
+ * Handles the lines read so far: each whole line up to the cap; a line
+ * over it is read past (mcp_skip) as far as it has come.  -1 if the
+ * server's process was let go of meanwhile.
+ */
+static int
+mcp_lines(struct mcp_server *srv)
+{
+	struct toolproc		*p = srv->proc;
+	struct evbuffer_ptr	 eol;
+	size_t			 len, max = mcp_line_max(srv);
+	char			*line;
+
+	for (;;) {
+		eol = evbuffer_search(srv->in, "\n", 1, NULL);
+		if (srv->skip == NULL && (eol.pos == -1 ?
+		    evbuffer_get_length(srv->in) <= max :
+		    (size_t)eol.pos <= max)) {
+			if (eol.pos == -1)
+				return 0;	/* a line not whole yet */
+			if ((line = evbuffer_readln(srv->in, &len,
+			    EVBUFFER_EOL_LF)) == NULL)
+				fatalx("cannot read a line of an MCP server");
 			mcp_message(srv, line, len);
 			free(line);
-			if (srv->proc != p)
-				return;
-		}
-		if (evbuffer_get_length(srv->in) > max) {
-			snprintf(why, sizeof(why), "the MCP server sent a "
-			    "message larger than %zu bytes", max);
-			mcp_lost(srv, why);
-			return;
-		}
+		} else
+			mcp_skip(srv, eol.pos);
+		if (srv->proc != p)
+			return -1;
+		if (eol.pos == -1)
+			return 0;
 	}
+}
+
+/* The longest line kept: max_output_bytes and the JSON-RPC envelope. */
+static size_t
+mcp_line_max(const struct mcp_server *srv)
+{
+	return srv->conf.max_output + MCP_LINE_SLACK;
+}
+
+/*
+ * Reads past a line over the cap, scanning instead of keeping it: what
+ * has come of it, up to its end if eol (the offset of its newline) is
+ * not -1, where it is judged.  A line that is not JSON loses the server
+ * at once, as any other line would, without waiting for its end.
+ */
+static void
+mcp_skip(struct mcp_server *srv, ev_ssize_t eol)
+{
+	char	buf[MCP_SKIP_CHUNK], why[512];
+	size_t	left;
+	int	n;
+
+	left = eol == -1 ? evbuffer_get_length(srv->in) : (size_t)eol;
+	if (srv->skip == NULL) {
+		srv->skip = xcalloc(1, sizeof(*srv->skip));
+		jscan_init(srv->skip, (const char *const []){ "id", "method",
+		    "result", "error", NULL });
+		srv->skip_len = 0;
+	}
+	for (; left > 0; left -= (size_t)n) {
+		n = evbuffer_remove(srv->in, buf, left < sizeof(buf) ? left :
+		    sizeof(buf));
+		if (n <= 0)
+			fatalx("cannot take a line of an MCP server");
+		srv->skip_len += (size_t)n;
+		if (jscan_feed(srv->skip, buf, (size_t)n) == -1)
+			break;
+	}
+	if (left > 0) {
+		snprintf(why, sizeof(why), "the MCP server sent invalid "
+		    "JSON-RPC: %s (of a message over %zu bytes)",
+		    srv->skip->err, mcp_line_max(srv));
+		mcp_lost(srv, why);
+	} else if (eol != -1) {
+		evbuffer_drain(srv->in, 1);
+		mcp_skipped(srv);
+	}
+}
+
+/*
+ * A line over the cap has ended: judged by its members as a line kept
+ * would be, its result or params never read.  White space only is
+ * ignored, as a blank line is.
+ */
+static void
+mcp_skipped(struct mcp_server *srv)
+{
+	struct jscan			*js = srv->skip;
+	const struct jscan_member	*method = jscan_member(js, "method");
+	char				 why[512];
+	int				 rc = jscan_end(js);
+
+	srv->skip = NULL;
+	if (rc == -1) {
+		snprintf(why, sizeof(why), "the MCP server sent invalid "
+		    "JSON-RPC: %s (of a message of %zu bytes)", js->err,
+		    srv->skip_len);
+		mcp_lost(srv, why);
+	} else if (rc == 0 && method->seen && method->raw[0] == '"')
+		mcp_skipped_request(srv, js);
+	else if (rc == 0)
+		mcp_skipped_response(srv, js);
+	free(js);
+}
+
+/*
+ * A request or notification over the cap is dropped; a request whose
+ * id can be echoed gets an error, so the server need not wait for an
+ * answer (one it might hold a call back for).
+ */
+static void
+mcp_skipped_request(struct mcp_server *srv, struct jscan *js)
+{
+	json_t		*method = mcp_member_value(js, "method");
+	json_t		*id = mcp_member_value(js, "id");
+	const char	*name = json_string_value(method);
+	char		*clean, text[128];
+	size_t		 len;
+
+	if (name == NULL)
+		name = "(a name too long to keep)";
+	len = strlen(name);
+	clean = tool_clean(name, len > MCP_TEXT_MAX ? MCP_TEXT_MAX : len);
+	log_warnx("tool=%s: MCP server pid %d sent a %s %s of %zu bytes, "
+	    "over the cap of %zu: dropped%s", srv->tool, (int)srv->proc->pid,
+	    jscan_member(js, "id")->seen ? "request" : "notification", clean,
+	    srv->skip_len, mcp_line_max(srv), id != NULL ? ", answered with "
+	    "an error" : "");
+	free(clean);
+	if (id != NULL) {
+		snprintf(text, sizeof(text), "request larger than %zu bytes, "
+		    "not read", mcp_line_max(srv));
+		mcp_send(srv, json_pack("{s:s, s:O, s:{s:i, s:s}}", "jsonrpc",
+		    "2.0", "id", id, "error", "code", -32600, "message",
+		    text));
+	}
+	json_decref(method);
+	json_decref(id);
+}
+
+/*
+ * A response over the cap.  The server answered, so the outcome is
+ * known though not kept: the call failed; to initialize or tools/list,
+ * the server did not start.  Invalid, or to no request in flight: the
+ * server is lost, as for a line kept.
+ */
+static void
+mcp_skipped_response(struct mcp_server *srv, struct jscan *js)
+{
+	const struct jscan_member	*r = jscan_member(js, "result");
+	const struct jscan_member	*e = jscan_member(js, "error");
+	json_t				*id = mcp_member_value(js, "id");
+	struct mcp_call			*c;
+	char				 why[512];
+	long long			 n;
+
+	if (!mcp_response_valid(srv, id, !r->seen ? 0 : r->raw[0] == '{' ?
+	    1 : -1, !e->seen ? 0 : e->raw[0] == '{' ? 1 : -1)) {
+		json_decref(id);
+		return;
+	}
+	n = json_integer_value(id);
+	json_decref(id);
+	snprintf(why, sizeof(why), "response larger than %zu bytes (%zu), not "
+	    "read: max_output_bytes %zu plus %d for the JSON-RPC envelope",
+	    mcp_line_max(srv), srv->skip_len, srv->conf.max_output,
+	    MCP_LINE_SLACK);
+	log_warnx("tool=%s: MCP server pid %d answered id %lld with a %s",
+	    srv->tool, (int)srv->proc->pid, n, why);
+	if ((srv->state == MCP_STARTING && n == srv->init_id) ||
+	    (srv->state == MCP_LISTING && n == srv->list_id)) {
+		snprintf(why, sizeof(why), "%s got a response larger than %zu "
+		    "bytes (%zu)", srv->state == MCP_STARTING ? "initialize" :
+		    "tools/list", mcp_line_max(srv), srv->skip_len);
+		mcp_start_failed(srv, why);
+	} else if ((c = mcp_call_by_id(srv, n)) != NULL)
+		mcp_call_finish(c, OUT_FAILED, NULL, why);
+	else
+		mcp_unasked(srv, n);
+}
+
+/* A named member's value decoded, if it was short enough to be kept
+ * (else NULL).  The caller decrefs it. */
+static json_t *
+mcp_member_value(const struct jscan *js, const char *name)
+{
+	const struct jscan_member	*m = jscan_member(js, name);
+
+	if (m == NULL || !m->seen || m->len > JSCAN_RAW)
+		return NULL;
+	return json_loadb(m->raw, m->len, JSON_DECODE_ANY |
+	    JSON_REJECT_DUPLICATES, NULL);
 }
 
 /* Reads stderr, logging it line by line. */
@@ -843,16 +1065,10 @@ mcp_response(struct mcp_server *srv, json_t *msg)
 	json_t		*result = json_object_get(msg, "result");
 	json_t		*error = json_object_get(msg, "error");
 	struct mcp_call	*c;
-	char		 why[256];
 	long long	 n;
 
-	if (!json_is_integer(id) || (result == NULL) == (error == NULL) ||
-	    (result != NULL && !json_is_object(result)) ||
-	    (error != NULL && !json_is_object(error))) {
-		mcp_lost(srv, "the MCP server sent an invalid response (an id "
-		    "that is not an integer, no result or error, or both)");
+	if (!mcp_response_valid(srv, id, mcp_kind(result), mcp_kind(error)))
 		return;
-	}
 	n = json_integer_value(id);
 	if (srv->state == MCP_STARTING && n == srv->init_id)
 		mcp_initialized(srv, result, error);
@@ -860,11 +1076,42 @@ mcp_response(struct mcp_server *srv, json_t *msg)
 		mcp_listed(srv, result, error);
 	else if ((c = mcp_call_by_id(srv, n)) != NULL)
 		mcp_answered(c, result, error);
-	else {
-		snprintf(why, sizeof(why), "the MCP server answered id %lld, "
-		    "which no request in flight has", n);
-		mcp_lost(srv, why);
-	}
+	else
+		mcp_unasked(srv, n);
+}
+
+/*
+ * True if a response has an integer id and a result or an error, not
+ * both, an object (result, error: 0 absent, 1 an object, -1 another
+ * value); if not, the server is lost.
+ */
+static int
+mcp_response_valid(struct mcp_server *srv, json_t *id, int result,
+    int error)
+{
+	if (json_is_integer(id) && (result == 0) != (error == 0) &&
+	    result != -1 && error != -1)
+		return 1;
+	mcp_lost(srv, MCP_INVALID_RESPONSE);
+	return 0;
+}
+
+/* 0 for a member absent, 1 for an object, -1 for another value. */
+static int
+mcp_kind(json_t *v)
+{
+	return v == NULL ? 0 : json_is_object(v) ? 1 : -1;
+}
+
+/* The server answered an id no request in flight has: it is lost. */
+static void
+mcp_unasked(struct mcp_server *srv, long long n)
+{
+	char	why[256];
+
+	snprintf(why, sizeof(why), "the MCP server answered id %lld, which no "
+	    "request in flight has", n);
+	mcp_lost(srv, why);
 }
 
 /* The answer to initialize: then notifications/initialized, tools/list. */
@@ -885,26 +1132,47 @@ mcp_initialized(struct mcp_server *srv, json_t *result, json_t *error)
 	    "protocolVersion")) ? json_string_value(json_object_get(result,
 	    "protocolVersion")) : "?");
 	srv->state = MCP_LISTING;
-	srv->list_id = ++srv->next_id;
+	srv->pages = 0;
 	mcp_send(srv, json_pack("{s:s, s:s}", "jsonrpc", "2.0", "method",
 	    "notifications/initialized"));
 	if (srv->state == MCP_LISTING)
-		mcp_send(srv, json_pack("{s:s, s:I, s:s, s:{}}", "jsonrpc",
-		    "2.0", "id", (json_int_t)srv->list_id, "method",
-		    "tools/list", "params"));
+		mcp_list(srv, NULL);
 }
 
 /*
- * The answer to tools/list: the server is READY, and knows whether it
- * has the tool (a list with more pages is taken on trust).
+ * Asks for a page of tools/list (the first if cursor is NULL); each page
+ * gets init_timeout_ms of its own.
+ */
+static void
+mcp_list(struct mcp_server *srv, const char *cursor)
+{
+	struct timeval	 tv = clock_tv(srv->init_timeout_ms);
+	json_t		*params = json_object();
+
+	if (params == NULL || (cursor != NULL && json_object_set_new(params,
+	    "cursor", json_string(cursor)) == -1))
+		fatalx("cannot make a tools/list request");
+	srv->list_id = ++srv->next_id;
+	srv->pages++;
+	if (evtimer_add(srv->timer, &tv) == -1)
+		fatalx("cannot add an MCP timer");
+	mcp_send(srv, json_pack("{s:s, s:I, s:s, s:o}", "jsonrpc", "2.0", "id",
+	    (json_int_t)srv->list_id, "method", "tools/list", "params",
+	    params));
+}
+
+/*
+ * A page of tools/list: the server is READY once a page names the tool,
+ * or once the last page (no nextCursor) did not.  A server whose pages
+ * go on past MCP_LIST_PAGES (a cursor that loops, say) did not start.
  */
 static void
 mcp_listed(struct mcp_server *srv, json_t *result, json_t *error)
 {
-	json_t	*tools = json_object_get(result, "tools"), *t;
-	char	*text, why[512];
-	size_t	 i;
-	int	 found;
+	json_t		*tools = json_object_get(result, "tools"), *t;
+	const char	*cursor, *name;
+	char		*text, why[512];
+	size_t		 i;
 
 	if (error != NULL || !json_is_array(tools)) {
 		text = error != NULL ? mcp_error_text(error, NULL) :
@@ -914,20 +1182,40 @@ mcp_listed(struct mcp_server *srv, json_t *result, json_t *error)
 		mcp_start_failed(srv, why);
 		return;
 	}
-	found = json_is_string(json_object_get(result, "nextCursor"));
 	json_array_foreach(tools, i, t)
-		if (json_is_string(json_object_get(t, "name")) &&
-		    strcmp(json_string_value(json_object_get(t, "name")),
-		    srv->remote) == 0)
-			found = 1;
+		if ((name = json_string_value(json_object_get(t, "name"))) !=
+		    NULL && strcmp(name, srv->remote) == 0) {
+			mcp_ready(srv, 1);
+			return;
+		}
+	cursor = json_string_value(json_object_get(result, "nextCursor"));
+	if (cursor == NULL)
+		mcp_ready(srv, 0);
+	else if (srv->pages < MCP_LIST_PAGES)
+		mcp_list(srv, cursor);
+	else {
+		snprintf(why, sizeof(why), "tools/list still had a nextCursor "
+		    "after %d pages, none naming the tool \"%s\"", srv->pages,
+		    srv->remote);
+		tool_utf8_trim(why);
+		mcp_start_failed(srv, why);
+	}
+}
+
+/* The handshake is over: calls are sent, or failed if the tool is not
+ * there. */
+static void
+mcp_ready(struct mcp_server *srv, int found)
+{
 	srv->missing = !found;
 	srv->state = MCP_READY;
 	srv->backoff_ms = 0;
 	srv->retry_at = 0;
 	srv->why[0] = '\0';
 	evtimer_del(srv->timer);
-	log_info("tool=%s: MCP server pid %d ready%s", srv->tool,
-	    (int)srv->proc->pid, found ? "" : " (without the tool)");
+	log_info("tool=%s: MCP server pid %d ready%s (tools/list: %d "
+	    "page%s)", srv->tool, (int)srv->proc->pid, found ? "" :
+	    " without the tool", srv->pages, srv->pages == 1 ? "" : "s");
 	mcp_send_queued(srv);
 }
 
@@ -949,10 +1237,19 @@ mcp_send_queued(struct mcp_server *srv)
 			mcp_call_send(c);
 			continue;
 		}
-		snprintf(err, sizeof(err), "the MCP server has no tool \"%s\" "
-		    "(not in its tools/list)", srv->remote);
+		mcp_missing_text(srv, err, sizeof(err));
 		mcp_call_finish(c, OUT_FAILED, NULL, err);
 	}
+}
+
+/* The error of a call to a server whose tools/list lacks the tool. */
+static void
+mcp_missing_text(struct mcp_server *srv, char *err, size_t len)
+{
+	snprintf(err, len, "the MCP server has no tool \"%s\" (not in its "
+	    "tools/list, %d page%s)", srv->remote, srv->pages,
+	    srv->pages == 1 ? "" : "s");
+	tool_utf8_trim(err);
 }
 
 /* Finishes every call not sent yet with o (a retry counts against the

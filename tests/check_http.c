@@ -35,7 +35,7 @@
 #include "harness.h"
 
 #define DEADLINE_MS	TH_TOOL_DEADLINE_MS
-#define KILLS		20
+#define KILLS		50
 #define KILL_MS		120000
 
 static char	every[] = "--every";

@@ -27,7 +27,7 @@
 #include "../worker/jscan.h"
 
 #define DEADLINE_MS	TH_TOOL_DEADLINE_MS
-#define KILLS		20
+#define KILLS		50
 #define KILL_MS		100000	/* deadline of the kills */
 #define KILL_TOTAL_MS	150000	/* and of the drain (timeout 200 s) */
 #define HELD_ROUNDS	3	/* kills of a worker with 2 calls in flight */

@@ -38,6 +38,7 @@ struct cfg_option {
 
 static const struct cfg_option options[] = {
 	OPT("database", "dsn", CFG_STRING, dsn, "dbname=eav", 0, 4096, 0),
+	OPT("database", "child_roles", CFG_BOOL, child_roles, "on", 0, 1, 0),
 	OPT("log", "level", CFG_LEVEL, log_level, "info", 0, 0, 1),
 	OPT("supervisor", "node_name", CFG_STRING, node_name, "", 0, 63, 0),
 	OPT("supervisor", "workers", CFG_INT, workers, "4", 1, 64, 1),

@@ -20,6 +20,7 @@
 struct eav_config {
 	char	*path;			/* file read, or NULL for defaults */
 	char	*dsn;
+	int	 child_roles;		/* children log in as eav_<kind> */
 	char	*node_name;
 	int	 log_level;
 

@@ -83,9 +83,20 @@ db_notice(void *arg, const char *msg)
  */
 static const char *const conn_keys[] = { "connect_timeout", "keepalives",
     "keepalives_idle", "keepalives_interval", "keepalives_count",
-    "tcp_user_timeout", "dbname", "application_name", NULL };
+    "tcp_user_timeout", "dbname", "application_name", "user", NULL };
 #define CONN_DSN	6
 #define CONN_APPNAME	7
+#define CONN_USER	8
+
+/* The role every connection of this process logs in as (sql/0021), or
+ * NULL for the DSN's user; after "dbname", so it overrides the DSN's. */
+static const char	*conn_user;
+
+void
+db_set_user(const char *user)
+{
+	conn_user = user;
+}
 
 static void
 db_conn_values(const char **vals, const char *dsn, const char *appname)
@@ -98,7 +109,8 @@ db_conn_values(const char **vals, const char *dsn, const char *appname)
 		vals[i] = defaults[i];
 	vals[CONN_DSN] = dsn;
 	vals[CONN_APPNAME] = appname;
-	vals[CONN_APPNAME + 1] = NULL;
+	vals[CONN_USER] = conn_user;
+	vals[CONN_USER + 1] = NULL;
 }
 
 /* Takes a connection that reached CONNECTION_OK. */
@@ -115,7 +127,7 @@ db_adopt(struct db *db, PGconn *conn)
 PGconn *
 db_connect_start(const char *dsn, const char *appname)
 {
-	const char	*vals[CONN_APPNAME + 2];
+	const char	*vals[CONN_USER + 2];
 
 	db_conn_values(vals, dsn, appname);
 	return PQconnectStartParams(conn_keys, vals, 1);
@@ -125,7 +137,7 @@ db_connect_start(const char *dsn, const char *appname)
 int
 db_connect(struct db *db, const char *dsn, const char *appname)
 {
-	const char	*vals[CONN_APPNAME + 2];
+	const char	*vals[CONN_USER + 2];
 	PGconn		*conn;
 
 	db_close(db);

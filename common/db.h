@@ -37,6 +37,7 @@ struct db {
 	int		 kill_changed;	/* NOTIFY eav_kill_switch seen */
 };
 
+void		 db_set_user(const char *);
 int		 db_connect(struct db *, const char *, const char *);
 PGconn		*db_connect_start(const char *, const char *);
 void		 db_adopt(struct db *, PGconn *);

@@ -114,6 +114,11 @@ migrate_apply(struct db *db, int *applied)
 		log_info("applied migration %s", m->name);
 		(*applied)++;
 	}
+	/* Functions a migration added get their grants (sql/0021). */
+	if (*applied > 0 && db_exec(db, "DO $$ BEGIN IF to_regprocedure("
+	    "'eav.privileges_apply()') IS NOT NULL THEN PERFORM "
+	    "eav.privileges_apply(); END IF; END $$") != DB_OK)
+		return migrate_fail(db, "privileges");
 	if (db_exec(db, "COMMIT") != DB_OK)
 		return -1;
 	return 0;

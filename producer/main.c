@@ -163,6 +163,8 @@ main(int argc, char **argv)
 		return EAV_EXIT_CONFIG;
 	}
 	log_level = p.cfg.log_level;
+	if (p.cfg.child_roles)
+		db_set_user("eav_producer");
 	if (demo)
 		p.cfg.producer_demo = 1;
 	if (inject_init_env(err, sizeof(err)) == -1) {

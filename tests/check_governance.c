@@ -429,6 +429,84 @@ START_TEST(test_approvals_with_eavd)
 }
 END_TEST
 
+/* What each role may not do: every one fails with 42501. */
+static const struct {
+	const char	*role;
+	const char	*sql;
+} forbidden[] = {
+	{ "eav_worker", "UPDATE eav.steps SET state = 'failed'" },
+	{ "eav_worker", "DELETE FROM eav.audit_events" },
+	{ "eav_worker", "SELECT eav.approval_approve(1, 'worker')" },
+	{ "eav_worker", "SELECT eav.kill_switch_engage('global', NULL, 'x')" },
+	{ "eav_worker", "SELECT eav.enqueue('noop')" },
+	{ "eav_worker", "SELECT eav.audit('x', 'success', 'w', NULL, NULL, "
+	    "NULL)" },
+	{ "eav_producer", "SELECT * FROM eav.complete_and_claim('p', '[]', "
+	    "'n', 1, 1, 1)" },
+	{ "eav_producer", "SELECT count(*) FROM eav.steps" },
+	{ "eav_api", "SELECT eav.approval_deny(1, 'api', 'no')" },
+	{ "eav_api", "SELECT count(*) FROM eav.audit_events" },
+	{ "eav_api", "SELECT eav.tool_register('t', 'builtin', "
+	    "'{\"builtin\": \"noop\"}', true, 1000)" },
+	{ "eav_operator", "UPDATE eav.steps SET state = 'failed'" },
+	{ "eav_operator", "DELETE FROM eav.audit_events" },
+	{ "eav_operator", "TRUNCATE eav.audit_events" },
+	{ "eav_operator", "SELECT * FROM eav.complete_and_claim('o', '[]', "
+	    "'n', 1, 1, 1)" },
+	{ "eav_auditor", "SELECT eav.enqueue('noop')" },
+	{ "eav_auditor", "INSERT INTO eav.audit_events (type, outcome, actor) "
+	    "VALUES ('forged', 'success', 'me')" },
+	{ "eav_auditor", "SELECT count(*) FROM eav.steps" },
+};
+
+/*
+ * Least privilege: the roles exist, none superuser, none owns anything
+ * of eav; no eav function is executable by PUBLIC; every forbidden
+ * action of each role fails with 42501; what each role is for works.
+ */
+START_TEST(test_least_privilege)
+{
+	struct th_db	 db;
+	const char	*e;
+	size_t		 i;
+
+	th_db_new(&db);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM pg_roles WHERE "
+	    "rolname IN ('eav_worker', 'eav_producer', 'eav_api', "
+	    "'eav_operator', 'eav_auditor') AND NOT rolsuper", 0), 5);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM pg_class c "
+	    "JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname LIKE "
+	    "'eav\\_%'", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM pg_proc p JOIN "
+	    "pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'eav' "
+	    "AND has_function_privilege('public', p.oid, 'EXECUTE')", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM pg_proc p JOIN "
+	    "pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'eav' "
+	    "AND has_function_privilege('eav_worker', p.oid, 'EXECUTE') AND "
+	    "NOT (p.prosecdef AND p.proconfig IS NOT NULL)", 0), 0);
+	for (i = 0; i < sizeof(forbidden) / sizeof(forbidden[0]); i++) {
+		PQclear(th_exec(db.conn, "SELECT set_config('role', $1, false)",
+		    1, forbidden[i].role));
+		e = th_err(db.conn, forbidden[i].sql, 0);
+		ck_assert_msg(strncmp(e, "42501", 5) == 0, "%s: %s: %s",
+		    forbidden[i].role, forbidden[i].sql, e);
+		PQclear(th_exec(db.conn, "RESET ROLE", 0));
+	}
+	PQclear(th_exec(db.conn, "SET ROLE eav_operator", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop')", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps", 0),
+	    1);
+	PQclear(th_exec(db.conn, "SET ROLE eav_auditor", 0));
+	ck_assert_int_ge(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events", 0), 1);
+	PQclear(th_exec(db.conn, "SET ROLE eav_worker", 0));
+	PQclear(th_exec(db.conn, "SELECT * FROM eav.kill_switch_observe("
+	    "'worker:x', NULL)", 0));
+	PQclear(th_exec(db.conn, "RESET ROLE", 0));
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_governance(void)
 {
@@ -443,6 +521,7 @@ suite_governance(void)
 	tcase_add_test(tc, test_self_triggering_chains);
 	tcase_add_test(tc, test_approvals_decisions);
 	tcase_add_test(tc, test_approvals_with_eavd);
+	tcase_add_test(tc, test_least_privilege);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;

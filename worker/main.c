@@ -236,6 +236,8 @@ main(int argc, char **argv)
 		return EAV_EXIT_CONFIG;
 	}
 	log_level = w.cfg.log_level;
+	if (w.cfg.child_roles)
+		db_set_user("eav_worker");
 	if (inject_init_env(err, sizeof(err)) == -1) {
 		log_error("EAV_INJECT: %s", err);
 		return EAV_EXIT_CONFIG;

@@ -81,6 +81,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_kill.c \
 		ctl/cmd_budget.c \
 		ctl/cmd_audit.c \
+		ctl/cmd_diagnose.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \

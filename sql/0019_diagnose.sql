@@ -255,7 +255,10 @@ LANGUAGE sql STABLE AS $$
     SELECT CASE
         WHEN (p_chain->>'verified')::boolean THEN
             eav.diag('traceability', 'audit_chain', 'ok',
-                format('audit chain verified: seq 1..%s', p_chain->>'seq'),
+                CASE WHEN (p_chain->>'seq')::bigint > 0
+                     THEN format('audit chain verified: seq 1..%s',
+                                 p_chain->>'seq')
+                     ELSE 'audit chain verified: nothing sealed yet' END,
                 p_chain, 'none')
         WHEN p_chain IS NOT NULL THEN
             eav.diag('traceability', 'audit_chain', 'critical',

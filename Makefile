@@ -106,7 +106,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_mcp.c \
 		tests/check_kill.c \
 		tests/check_governance.c \
-		tests/check_audit.c
+		tests/check_audit.c \
+		tests/check_diagnose.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

@@ -265,13 +265,14 @@ LANGUAGE sql STABLE AS $$
                 format('audit chain broken at seq %s (id %s): %s',
                        p_chain->>'bad_seq', p_chain->>'bad_id',
                        p_chain->>'why'),
-                p_chain, 'see "The audit chain is broken" in '
+                p_chain, 'see "The audit chain does not verify" in '
                 'docs/04-recovery-strategies.md')
         WHEN a.ids IS NOT NULL THEN
             eav.diag('traceability', 'audit_chain', 'critical',
                 'the audit chain was found broken (open audit_chain_broken '
                 'alarm)', jsonb_build_object('alarm_ids', to_jsonb(a.ids),
-                'head_seq', h.seq), 'see "The audit chain is broken" in '
+                'head_seq', h.seq),
+                'see "The audit chain does not verify" in '
                 'docs/04-recovery-strategies.md')
         ELSE
             eav.diag('traceability', 'audit_chain', 'info',

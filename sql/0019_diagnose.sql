@@ -22,6 +22,12 @@ CREATE TYPE eav.diagnosis AS (
     fix        text
 );
 COMMENT ON TYPE eav.diagnosis IS 'One finding of eav.diagnose: category, check, severity (ok, info, warning, critical), finding, evidence (jsonb), fix.';
+COMMENT ON COLUMN eav.diagnosis.category IS 'mutation control, loop control, orchestration authority, traceability or containment.';
+COMMENT ON COLUMN eav.diagnosis.check_name IS 'The check, e.g. non_idempotent_tools.';
+COMMENT ON COLUMN eav.diagnosis.severity IS 'ok, info, warning or critical.';
+COMMENT ON COLUMN eav.diagnosis.finding IS 'One line for people.';
+COMMENT ON COLUMN eav.diagnosis.evidence IS 'Counts, ids and names behind the finding.';
+COMMENT ON COLUMN eav.diagnosis.fix IS 'What to do about it.';
 
 CREATE FUNCTION eav.diag_has(p_table text, p_column text DEFAULT NULL)
 RETURNS boolean

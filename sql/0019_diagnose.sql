@@ -68,12 +68,12 @@ COMMENT ON FUNCTION eav.diag_unavailable(text, text, text, text) IS 'The finding
 CREATE FUNCTION eav.diag_tools_without_approval() RETURNS eav.diagnosis
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_approvals boolean := eav.diag_has('eav.tools', 'requires_approval');
+    v_approvals boolean := eav.diag_has('eav.tools', 'approval');
     v_names text[];
 BEGIN
     IF v_approvals THEN
         SELECT array_agg(name ORDER BY name) INTO v_names FROM eav.tools
-        WHERE kind <> 'builtin' AND NOT idempotent AND NOT requires_approval;
+        WHERE kind <> 'builtin' AND NOT idempotent AND approval IS NULL;
     ELSE
         SELECT array_agg(name ORDER BY name) INTO v_names FROM eav.tools
         WHERE kind <> 'builtin' AND NOT idempotent;
@@ -91,13 +91,13 @@ BEGIN
         CASE WHEN v_approvals
              THEN 'make the far side dedupe on the idempotency key and '
                   're-register the tool idempotent, or require approval '
-                  'for it'
+                  'for it (eav.tool_approval_set, eavctl approvals policy)'
              ELSE 'make the far side dedupe on the idempotency key and '
                   're-register the tool idempotent (eav.tool_register); '
                   'approvals are not installed yet' END);
 END;
 $$;
-COMMENT ON FUNCTION eav.diag_tools_without_approval() IS 'mutation control / non_idempotent_tools: exec, http and mcp tools that are not idempotent and need no approval (tools.requires_approval, when that column exists).';
+COMMENT ON FUNCTION eav.diag_tools_without_approval() IS 'mutation control / non_idempotent_tools: exec, http and mcp tools that are not idempotent and need no approval (tools.approval NULL: no approval policy, sql/0017).';
 
 -- A timeout is the bound on how long a call's outcome can stay open; the
 -- column has a default, so "unset" shows as a bound too long to mean one.

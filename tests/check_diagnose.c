@@ -335,9 +335,9 @@ START_TEST(test_diagnose_verify_broken)
 END_TEST
 
 /*
- * In psql: without a schema a check is "not available" at info; once the
- * table or column exists (here stand-ins for approvals and rules), the
- * check reads it.
+ * In psql: a tool with an approval policy is no longer a finding; without
+ * a schema a check is "not available" at info, and once the table exists
+ * (here a stand-in for rules) the check reads it.
  */
 START_TEST(test_diagnose_schema_detection)
 {
@@ -348,13 +348,8 @@ START_TEST(test_diagnose_schema_detection)
 
 	th_db_new(&db);
 	ungoverned(db.conn);
-	if (th_ll(db.conn, "SELECT count(*) FROM pg_attribute WHERE attrelid "
-	    "= 'eav.tools'::regclass AND attname = 'requires_approval'",
-	    0) == 0)
-		PQclear(th_exec(db.conn, "ALTER TABLE eav.tools ADD COLUMN "
-		    "requires_approval boolean NOT NULL DEFAULT false", 0));
-	PQclear(th_exec(db.conn, "UPDATE eav.tools SET requires_approval = "
-	    "true WHERE name = 'crm.update'", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.tool_approval_set('crm.update', "
+	    "'{}')", 0));
 	s = th_str(db.conn, q, 1, "non_idempotent_tools");
 	ck_assert_str_eq(s, "warning 1 non-idempotent tool(s) without "
 	    "approval");

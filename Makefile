@@ -83,6 +83,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_budget.c \
 		ctl/cmd_approval.c \
 		ctl/cmd_audit.c \
+		ctl/cmd_diagnose.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \
@@ -108,7 +109,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_kill.c \
 		tests/check_governance.c \
 		tests/check_audit.c \
-		tests/check_redact.c
+		tests/check_redact.c \
+		tests/check_diagnose.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

@@ -69,6 +69,7 @@ static int	anchor_check(struct ctl *, struct walk *,
 static int	verify_report(struct ctl *, const struct walk *);
 static void	verify_alarm(struct ctl *, const struct walk *);
 static int	verify_begin(struct ctl *);
+static int	verify_walk(struct ctl *, struct walk *);
 static int	audit_verify(struct ctl *, int, char **);
 static int	anchor_write(const char *, const char *);
 static int	audit_anchor(struct ctl *, int, char **);
@@ -395,6 +396,41 @@ verify_begin(struct ctl *ctl)
 	return 0;
 }
 
+/* Walks the whole chain in one snapshot: 0, -1 broken, or an exit code. */
+static int
+verify_walk(struct ctl *ctl, struct walk *w)
+{
+	int	r;
+
+	memset(w, 0, sizeof(*w));
+	if ((r = verify_begin(ctl)) != 0)
+		return r;
+	return walk_chain(ctl, w);
+}
+
+/*
+ * The chain's verdict for other commands (eavctl diagnose --verify): as
+ * audit verify without an anchor, printing nothing, but a broken chain
+ * raises the same alarm.  Ends the walk's transaction.
+ */
+int
+audit_chain_verify(struct ctl *ctl, struct audit_verdict *v)
+{
+	struct walk	w;
+	int		r = verify_walk(ctl, &w);
+
+	v->seq = w.seq;
+	v->id = w.id;
+	v->bad_seq = w.bad_seq;
+	v->bad_id = w.bad_id;
+	snprintf(v->why, sizeof(v->why), "%s", w.why);
+	if (r == -1)
+		verify_alarm(ctl, &w);
+	else if (r == 0 && db_exec(&ctl->db, "ROLLBACK") != DB_OK)
+		return ctl_fail(ctl, DB_FATAL);
+	return r;
+}
+
 /*
  * eavctl audit verify [--anchor FILE]: exit 0 when the chain holds (and
  * the anchor is in it), 3 when it is broken, naming the first bad row.
@@ -413,10 +449,7 @@ audit_verify(struct ctl *ctl, int argc, char **argv)
 		return ctl_usage("audit");
 	if (anchor != NULL && anchor_read(anchor, &a) == -1)
 		return EAV_EXIT_USAGE;
-	memset(&w, 0, sizeof(w));
-	if ((r = verify_begin(ctl)) != 0)
-		return r;
-	if ((r = walk_chain(ctl, &w)) == -1)
+	if ((r = verify_walk(ctl, &w)) == -1)
 		printf("audit chain broken at seq %lld (id %lld): %s\n",
 		    w.bad_seq, w.bad_id, w.why);
 	else if (r == 0 && anchor != NULL)

@@ -65,7 +65,16 @@ int	cmd_inject(struct ctl *, int, char **);
 int	cmd_check(struct ctl *, int, char **);
 
 /* cmd_audit.c */
+struct audit_verdict {
+	long long	seq, id;		/* the last link verified */
+	long long	bad_seq, bad_id;	/* the first bad one */
+	char		why[256];		/* empty unless broken */
+};
 int	cmd_audit(struct ctl *, int, char **);
+int	audit_chain_verify(struct ctl *, struct audit_verdict *);
+
+/* cmd_diagnose.c */
+int	cmd_diagnose(struct ctl *, int, char **);
 
 /* cmd_rehearse.c */
 int	cmd_rehearse(struct ctl *, int, char **);

@@ -52,6 +52,8 @@ static const struct ctl_cmd cmds[] = {
 	{ "check", cmd_check, "check [-q]   (-q: the queue has drained)" },
 	{ "audit", cmd_audit, "audit verify [--anchor FILE] | "
 	    "audit anchor FILE" },
+	{ "diagnose", cmd_diagnose, "diagnose [--json] [--verify]   "
+	    "(exit 3: a critical finding)" },
 	{ "rehearse", cmd_rehearse, "rehearse [-n kills] [-i interval_ms] "
 	    "[-p point] [-w wait_s] [-o postmortem.md]" },
 };

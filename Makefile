@@ -70,7 +70,8 @@ WORKER_SRCS =	worker/main.c \
 		worker/tls.c \
 		worker/tool_mcp.c
 PRODUCER_SRCS =	producer/main.c \
-		producer/ingest.c
+		producer/ingest.c \
+		producer/schedule.c
 CTL_SRCS =	ctl/main.c \
 		ctl/cmd_task.c \
 		ctl/cmd_status.c \
@@ -81,6 +82,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_kill.c \
 		ctl/cmd_budget.c \
 		ctl/cmd_audit.c \
+		ctl/cmd_schedule.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \
@@ -106,7 +108,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_kill.c \
 		tests/check_governance.c \
 		tests/check_audit.c \
-		tests/check_redact.c
+		tests/check_redact.c \
+		tests/check_schedule.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

@@ -64,6 +64,9 @@ int	cmd_check(struct ctl *, int, char **);
 /* cmd_audit.c */
 int	cmd_audit(struct ctl *, int, char **);
 
+/* cmd_schedule.c */
+int	cmd_schedules(struct ctl *, int, char **);
+
 /* cmd_rehearse.c */
 int	cmd_rehearse(struct ctl *, int, char **);
 

@@ -49,6 +49,10 @@ static const struct ctl_cmd cmds[] = {
 	{ "check", cmd_check, "check [-q]   (-q: the queue has drained)" },
 	{ "audit", cmd_audit, "audit verify [--anchor FILE] | "
 	    "audit anchor FILE" },
+	{ "schedules", cmd_schedules, "schedules [list] | schedules add "
+	    "[-z tz] [-p skip|run_once|run_all] [-c cap] name cron queue kind "
+	    "steps_json | schedules pause|resume|remove name | "
+	    "schedules next name [n]" },
 	{ "rehearse", cmd_rehearse, "rehearse [-n kills] [-i interval_ms] "
 	    "[-p point] [-w wait_s] [-o postmortem.md]" },
 };

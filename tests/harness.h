@@ -138,5 +138,6 @@ Suite	*suite_kill(void) __attribute__((weak));
 Suite	*suite_governance(void) __attribute__((weak));
 Suite	*suite_audit(void) __attribute__((weak));
 Suite	*suite_redact(void) __attribute__((weak));
+Suite	*suite_schedule(void) __attribute__((weak));
 
 #endif

@@ -757,7 +757,9 @@ BEGIN
     WHERE sc.state = 'active'
       AND ((v_kq IS NULL AND v_kt IS NULL)
            OR NOT eav.schedule_is_killed(sc, v_kq, v_kt));
-    RETURN greatest(0, ceil(extract(epoch FROM v_next - clock_timestamp()) * 1000));
+    -- greatest() skips a NULL: no schedule must stay NULL, not 0.
+    RETURN CASE WHEN v_next IS NOT NULL THEN
+        greatest(0, ceil(extract(epoch FROM v_next - clock_timestamp()) * 1000)) END;
 END;
 $$;
 COMMENT ON FUNCTION eav.schedule_tick(text, integer) IS 'Producer step: handles up to p_limit due schedules (FOR UPDATE SKIP LOCKED; those under a kill switch are held) and returns the milliseconds until the next slot is due (0: due now, NULL: none, or everything is stopped). The caller commits.';

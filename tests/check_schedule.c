@@ -242,7 +242,7 @@ assert_each_slot_once(PGconn *c, const char *name, int step)
 }
 
 /* Each case of the known-answer table. */
-/* FM-084 */
+/* FM-086 */
 START_TEST(test_cron_known_answers)
 {
 	struct th_db	 db;
@@ -262,7 +262,7 @@ START_TEST(test_cron_known_answers)
 END_TEST
 
 /* Each bad definition: 22023 naming the reason, nothing stored. */
-/* FM-080 */
+/* FM-082 */
 START_TEST(test_bad_input)
 {
 	struct th_db	 db;
@@ -388,7 +388,7 @@ END_TEST
  * A producer that read a stale next_fire_at tries a slot that fired:
  * the (schedule, slot) key refuses it, audited, no second task.
  */
-/* FM-081 */
+/* FM-083 */
 START_TEST(test_duplicate_slot_refused)
 {
 	struct th_db	db;
@@ -429,7 +429,7 @@ END_TEST
  * Two processes tick 40 due schedules at once: every slot fires once,
  * one task each.
  */
-/* FM-081 */
+/* FM-083 */
 START_TEST(test_two_producers)
 {
 	struct th_db	db;
@@ -525,7 +525,7 @@ ticker_wait(pid_t pid)
  * policy does what it says about the slots it missed, every slot is
  * fired or audited once.
  */
-/* FM-027, FM-081 */
+/* FM-027, FM-083 */
 START_TEST(test_eavd_down_across_slots)
 {
 	struct th_db	 db;
@@ -589,7 +589,7 @@ START_TEST(test_eavd_down_across_slots)
 END_TEST
 
 /* A template that became invalid: slot recorded, audited, alarmed. */
-/* FM-082 */
+/* FM-084 */
 START_TEST(test_fire_failure)
 {
 	struct th_db	db;
@@ -621,7 +621,7 @@ START_TEST(test_fire_failure)
 END_TEST
 
 /* A kill switch on the queue holds the slots; on release they catch up. */
-/* FM-083 */
+/* FM-085 */
 START_TEST(test_kill_switch_holds)
 {
 	struct th_db	db;

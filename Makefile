@@ -71,7 +71,8 @@ WORKER_SRCS =	worker/main.c \
 		worker/tool_mcp.c \
 		worker/jscan.c
 PRODUCER_SRCS =	producer/main.c \
-		producer/ingest.c
+		producer/ingest.c \
+		producer/schedule.c
 CTL_SRCS =	ctl/main.c \
 		ctl/cmd_task.c \
 		ctl/cmd_status.c \
@@ -84,6 +85,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_approval.c \
 		ctl/cmd_audit.c \
 		ctl/cmd_diagnose.c \
+		ctl/cmd_schedule.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \
@@ -110,7 +112,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_governance.c \
 		tests/check_audit.c \
 		tests/check_redact.c \
-		tests/check_diagnose.c
+		tests/check_diagnose.c \
+		tests/check_schedule.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c
@@ -205,7 +208,8 @@ run: deps
 stop:
 	@scripts/cluster.sh stop
 
-check-build: $(BINS) $(TESTBIN) $(FAR_BINS)
+# eavbench too, so a change that breaks it fails the tests, not make bench.
+check-build: $(BINS) $(TESTBIN) $(FAR_BINS) $(BUILD)/bin/eavbench
 
 check:
 	@scripts/deps.sh check

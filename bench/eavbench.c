@@ -547,6 +547,8 @@ mode_killswitch(struct bench *b)
 	    "\"max_ms\": %.1f, \"claims_after_engage\": %lld}\n", b->n,
 	    pct(lat, b->n, 50), pct(lat, b->n, 99), lat[b->n - 1], after);
 	free(lat);
+}
+
 /* Starts the far side (--quiet: a log line per call would cost more than
  * the call) and returns its pid, with its port in *port. */
 static pid_t

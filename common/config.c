@@ -76,6 +76,8 @@ static const struct cfg_option options[] = {
 	OPT("producer", "demo", CFG_BOOL, producer_demo, "off", 0, 1, 1),
 	OPT("producer", "demo_rate", CFG_INT, producer_demo_rate, "20",
 	    1, 10000, 1),
+	OPT("producer", "schedule_interval", CFG_DURATION,
+	    producer_schedule_interval, "60s", 100, 3600000, 1),
 	OPT("audit", "seal_interval", CFG_DURATION, audit_seal_interval,
 	    "200ms", 10, 60000, 1),
 };

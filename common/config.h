@@ -45,6 +45,7 @@ struct eav_config {
 	int	 producer_poll_interval;
 	int	 producer_demo;
 	int	 producer_demo_rate;
+	int	 producer_schedule_interval;
 
 	int	 audit_seal_interval;
 };

@@ -354,7 +354,8 @@ db_exec_literal(struct db *db, const char *literal)
 /*
  * Reads pending notifications and returns how many wake-ups they were; a
  * change of the armed injections only sets db->inject_changed, one of
- * the kill switches db->kill_changed.
+ * the kill switches db->kill_changed, one of the schedules
+ * db->sched_changed.
  */
 int
 db_drain_notifies(struct db *db)
@@ -369,6 +370,8 @@ db_drain_notifies(struct db *db)
 			db->inject_changed = 1;
 		else if (strcmp(n->relname, "eav_kill_switch") == 0)
 			db->kill_changed = 1;
+		else if (strcmp(n->relname, "eav_schedules") == 0)
+			db->sched_changed = 1;
 		else
 			count++;
 		PQfreemem(n);

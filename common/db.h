@@ -35,6 +35,7 @@ struct db {
 	char		 errmsg[1024];
 	int		 inject_changed;	/* NOTIFY eav_inject seen */
 	int		 kill_changed;	/* NOTIFY eav_kill_switch seen */
+	int		 sched_changed;	/* NOTIFY eav_schedules seen */
 };
 
 void		 db_set_user(const char *);

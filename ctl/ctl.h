@@ -76,6 +76,9 @@ int	audit_chain_verify(struct ctl *, struct audit_verdict *);
 /* cmd_diagnose.c */
 int	cmd_diagnose(struct ctl *, int, char **);
 
+/* cmd_schedule.c */
+int	cmd_schedules(struct ctl *, int, char **);
+
 /* cmd_rehearse.c */
 int	cmd_rehearse(struct ctl *, int, char **);
 

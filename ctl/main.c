@@ -54,6 +54,10 @@ static const struct ctl_cmd cmds[] = {
 	    "audit anchor FILE" },
 	{ "diagnose", cmd_diagnose, "diagnose [--json] [--verify]   "
 	    "(exit 3: a critical finding)" },
+	{ "schedules", cmd_schedules, "schedules [list] | schedules add "
+	    "[-z tz] [-p skip|run_once|run_all] [-c cap] name cron queue kind "
+	    "steps_json | schedules pause|resume|remove name | "
+	    "schedules next name [n]" },
 	{ "rehearse", cmd_rehearse, "rehearse [-n kills] [-i interval_ms] "
 	    "[-p point] [-w wait_s] [-o postmortem.md]" },
 };

@@ -58,16 +58,20 @@ ingest_read_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
- * Acts on NOTIFY eav_inject (loads the armed injections again) and
- * eav_kill_switch (reads the switches; the ingest itself skips what they
- * stop, and a release wakes it).  Either call may read more
+ * Acts on NOTIFY eav_inject (loads the armed injections again),
+ * eav_kill_switch (reads the switches; the ingest and the schedule tick
+ * skip what they stop, and a release wakes both) and eav_schedules (a
+ * schedule added or resumed: tick now).  Either call may read more
  * notifications, hence the loop.
  */
 static void
 ingest_reload(struct producer *p)
 {
-	while (db_is_connected(&p->db) &&
-	    (p->db.inject_changed || p->db.kill_changed)) {
+	while (db_is_connected(&p->db) && (p->db.inject_changed ||
+	    p->db.kill_changed || p->db.sched_changed)) {
+		if (p->db.kill_changed || p->db.sched_changed)
+			schedule_wake(p);
+		p->db.sched_changed = 0;
 		if ((p->db.kill_changed &&
 		    kill_observe(&p->db, p->actor, &p->kill) != DB_OK) ||
 		    (p->db.inject_changed &&
@@ -103,6 +107,7 @@ ingest_connect(struct producer *p)
 		return -1;
 	}
 	if (db_exec(&p->db, "LISTEN eav_inbox") != DB_OK ||
+	    db_exec(&p->db, "LISTEN eav_schedules") != DB_OK ||
 	    kill_observe(&p->db, p->actor, &p->kill) != DB_OK ||
 	    inject_db_subscribe(&p->db, "producer") == -1) {
 		db_close(&p->db);
@@ -127,6 +132,7 @@ ingest_up(void *arg, int64_t down_ms)
 	log_notice("reconnected to the database after %lld ms",
 	    (long long)down_ms);
 	ingest_wake(arg);
+	schedule_wake(arg);
 }
 
 /* Drops the connection (rolling back any open batch) and reconnects. */

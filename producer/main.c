@@ -124,7 +124,8 @@ static void
 producer_free(struct producer *p)
 {
 	struct event	*evs[] = { p->sig_ev[0], p->sig_ev[1], p->ctl_ev,
-			    p->poll_ev, p->cycle_ev, p->demo_ev, p->db_ev };
+			    p->poll_ev, p->cycle_ev, p->demo_ev, p->sched_ev,
+			    p->db_ev };
 	sigset_t	 block;
 	size_t		 i;
 
@@ -176,6 +177,7 @@ main(int argc, char **argv)
 	inject_db_init(p.cfg.dsn, p.actor, p.incarnation, 1);
 	producer_events(&p);
 	ingest_init(&p);
+	schedule_init(&p);
 	if (ingest_connect(&p) == -1)
 		ingest_lost(&p);
 	(void)INJECT(INJ_PRODUCER_STARTUP, 0, NULL);
@@ -185,6 +187,8 @@ main(int argc, char **argv)
 	if (write(3, "ready\n", 6) != 6)
 		fatal("cannot report ready on fd 3");
 	ingest_wake(&p);
+	/* Catches up on the slots missed while no producer ran. */
+	schedule_wake(&p);
 	if (event_base_dispatch(p.base) == -1)
 		fatalx("event loop failed");
 	producer_free(&p);

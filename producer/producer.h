@@ -1,6 +1,6 @@
 /*
- * eav-producer: turns inbox events into tasks (and, with demo on,
- * generates a demo load into the inbox).
+ * eav-producer: turns inbox events into tasks, fires schedules (and, with
+ * demo on, generates a demo load into the inbox).
  */
 #ifndef EAV_PRODUCER_PRODUCER_H
 #define EAV_PRODUCER_PRODUCER_H
@@ -26,6 +26,7 @@ struct producer {
 	struct event		*cycle_ev;
 	struct event		*poll_ev;
 	struct event		*demo_ev;
+	struct event		*sched_ev;
 	struct event		*ctl_ev;
 	struct event		*sig_ev[2];
 	double			 demo_carry;
@@ -38,5 +39,9 @@ void	ingest_wake(struct producer *);
 int	ingest_connect(struct producer *);
 void	ingest_lost(struct producer *);
 void	demo_init(struct producer *);
+
+/* schedule.c */
+void	schedule_init(struct producer *);
+void	schedule_wake(struct producer *);
 
 #endif

@@ -77,10 +77,10 @@ SELECT 'eav_operator', f FROM unnest(ARRAY['task_enqueue', 'enqueue',
     'redaction_rule_add', 'redaction_rule_disable', 'redact', 'redact_text',
     'cron_next', 'schedule_add', 'schedule_pause', 'schedule_resume',
     'schedule_remove', 'resource_owner_set', 'resource_owner_clear',
-    'diagnose']) f
+    'diagnose', 'diagnose_json', 'cron_next_n']) f
 UNION ALL
 SELECT 'eav_auditor', f FROM unnest(ARRAY['alarm_raise', 'check_invariants',
-    'diagnose']) f;
+    'diagnose', 'diagnose_json']) f;
 
 CREATE FUNCTION eav.privileges_apply() RETURNS integer
 LANGUAGE plpgsql AS $$

@@ -79,6 +79,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_queue.c \
 		ctl/cmd_tools.c \
 		ctl/cmd_kill.c \
+		ctl/cmd_owner.c \
 		ctl/cmd_budget.c \
 		ctl/cmd_audit.c \
 		ctl/table.c

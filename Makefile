@@ -106,6 +106,7 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_mcp.c \
 		tests/check_kill.c \
 		tests/check_governance.c \
+		tests/check_ownership.c \
 		tests/check_audit.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))

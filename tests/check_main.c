@@ -15,7 +15,7 @@ main(void)
 		    suite_transitions, suite_claim, suite_producer, suite_ctl,
 		    suite_inject, suite_supervisor, suite_crash, suite_exec,
 		    suite_http, suite_mcp, suite_kill,
-		    suite_governance, suite_audit };
+		    suite_governance, suite_audit, suite_ownership };
 	SRunner	*sr = srunner_create(NULL);
 	size_t	 i;
 	int	 failed;

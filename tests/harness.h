@@ -137,5 +137,6 @@ Suite	*suite_mcp(void) __attribute__((weak));
 Suite	*suite_kill(void) __attribute__((weak));
 Suite	*suite_governance(void) __attribute__((weak));
 Suite	*suite_audit(void) __attribute__((weak));
+Suite	*suite_ownership(void) __attribute__((weak));
 
 #endif

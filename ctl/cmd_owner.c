@@ -68,10 +68,10 @@ owner_change(struct ctl *ctl, int argc, char **argv, int set)
 	    &res)) != 0)
 		return r;
 	if (set)
-		printf("%s: owned by queue %s (%s)\n", params[0], params[1],
-		    PQgetvalue(res, 0, 0));
+		printf("%s now belongs to queue %s (%s)\n", params[0],
+		    params[1], PQgetvalue(res, 0, 0));
 	else
-		printf("%s: no owner (was queue %s)\n", params[0],
+		printf("%s belongs to no queue now (was %s)\n", params[0],
 		    PQgetvalue(res, 0, 0));
 	PQclear(res);
 	return 0;

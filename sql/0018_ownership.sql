@@ -9,7 +9,7 @@
 --    "customer:".  The queue is the owner because it is eav's service
 --    boundary: a queue's steps come from one producer and run on the
 --    workers that serve it.  A key no pattern matches has no owner and
---    any queue may use it (eavctl diagnose will name such keys).
+--    any queue may use it (still one running step at a time).
 --
 --    Checked at the claim, not at enqueue: owners change (set and
 --    cleared while steps wait), the claim is the last moment before the

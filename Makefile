@@ -81,6 +81,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_queue.c \
 		ctl/cmd_tools.c \
 		ctl/cmd_kill.c \
+		ctl/cmd_owner.c \
 		ctl/cmd_budget.c \
 		ctl/cmd_approval.c \
 		ctl/cmd_audit.c \
@@ -113,7 +114,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_audit.c \
 		tests/check_redact.c \
 		tests/check_diagnose.c \
-		tests/check_schedule.c
+		tests/check_schedule.c \
+		tests/check_ownership.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

@@ -57,6 +57,9 @@ int	cmd_budget(struct ctl *, int, char **);
 /* cmd_kill.c */
 int	cmd_kill(struct ctl *, int, char **);
 
+/* cmd_owner.c */
+int	cmd_owner(struct ctl *, int, char **);
+
 /* cmd_queue.c */
 int	cmd_queue(struct ctl *, int, char **);
 

@@ -43,6 +43,8 @@ static const struct ctl_cmd cmds[] = {
 	    "-t tool) retries_per_minute | budget clear (-q queue | -t tool)" },
 	{ "kill-switch", cmd_kill, "kill-switch [list] | kill-switch on|off "
 	    "[--queue queue | --tool tool] --reason reason" },
+	{ "owner", cmd_owner, "owner [list] | owner set pattern queue "
+	    "--reason reason | owner clear pattern --reason reason" },
 	{ "alarms", cmd_alarms, "alarms [-a] | alarms ack id | "
 	    "alarms resolve [-n note] id" },
 	{ "alarm", cmd_alarm, "alarm ack id | alarm resolve [-n note] id" },

@@ -182,14 +182,14 @@ COMMENT ON FUNCTION eav.diag_rule_debounce() IS 'loop control / rule_debounce: r
 
 -- Orchestration authority ----------------------------------------------
 
--- Resource ownership (steps.resource_key, eav.resource_owners) is built in
--- parallel; an owner row is expected to name its key in resource_key.
+-- Resource ownership (sql/0018): an owner row's pattern is one key, or a
+-- prefix when it ends in ':'.
 CREATE FUNCTION eav.diag_ownership_available() RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT eav.diag_has('eav.steps', 'resource_key')
-       AND eav.diag_has('eav.resource_owners', 'resource_key')
+       AND eav.diag_has('eav.resource_owners', 'pattern')
 $$;
-COMMENT ON FUNCTION eav.diag_ownership_available() IS 'Whether resource ownership (steps.resource_key, eav.resource_owners.resource_key) is installed.';
+COMMENT ON FUNCTION eav.diag_ownership_available() IS 'Whether resource ownership (steps.resource_key, eav.resource_owners.pattern) is installed.';
 
 CREATE FUNCTION eav.diag_resources_without_owners() RETURNS eav.diagnosis
 LANGUAGE plpgsql STABLE AS $$
@@ -206,15 +206,15 @@ BEGIN
     INTO v_keys FROM eav.steps s
     WHERE s.state IN ('blocked', 'pending', 'running', 'held')
       AND s.resource_key IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM eav.resource_owners o
-                      WHERE o.resource_key = s.resource_key);
+      AND eav.resource_owner_match(s.resource_key) IS NULL;
     RETURN eav.diag('orchestration authority', 'resources_without_owners',
         CASE WHEN v_keys IS NULL THEN 'ok' ELSE 'warning' END,
         format('%s resource key(s) of unfinished steps without an owner',
                coalesce(cardinality(v_keys), 0)),
         jsonb_build_object('count', coalesce(cardinality(v_keys), 0),
             'resource_keys', coalesce(to_jsonb(v_keys[1:20]), '[]')),
-        'register an owner for each resource key (eav.resource_owners)');
+        'register an owner for each resource key or its prefix '
+        '(eav.resource_owner_set, eavctl owner set)');
 END;
 $$;
 COMMENT ON FUNCTION eav.diag_resources_without_owners() IS 'orchestration authority / resources_without_owners: resource keys of unfinished steps that no owner row names (the first 20 as evidence).';

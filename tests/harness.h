@@ -140,5 +140,6 @@ Suite	*suite_audit(void) __attribute__((weak));
 Suite	*suite_redact(void) __attribute__((weak));
 Suite	*suite_diagnose(void) __attribute__((weak));
 Suite	*suite_schedule(void) __attribute__((weak));
+Suite	*suite_ownership(void) __attribute__((weak));
 
 #endif

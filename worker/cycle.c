@@ -61,6 +61,8 @@ outcome_name(enum step_outcome o)
 		return "replay";
 	case OUT_COLLISION:
 		return "collision";
+	case OUT_CONFLICT:
+		return "conflict";
 	default:
 		return "?";
 	}
@@ -180,9 +182,9 @@ step_new(struct worker *w, PGresult *res, int row)
 }
 
 /*
- * The claim's gate for a step (see sql/0009, 0010, 0015): anything but ""
- * means the tool is not called, and the gate goes back as the outcome for
- * SQL to apply.  Returns 1 if the step was finished here.
+ * The claim's gate for a step (see sql/0009, 0010, 0015, 0018): anything
+ * but "" means the tool is not called, and the gate goes back as the
+ * outcome for SQL to apply.  Returns 1 if the step was finished here.
  */
 static int
 gate_apply(struct step *s, const char *gate)
@@ -196,6 +198,8 @@ gate_apply(struct step *s, const char *gate)
 		step_finish(s, OUT_REPLAY, NULL, NULL);
 	else if (strcmp(gate, "collision") == 0)
 		step_finish(s, OUT_COLLISION, NULL, NULL);
+	else if (strcmp(gate, "conflict") == 0)
+		step_finish(s, OUT_CONFLICT, NULL, NULL);
 	else if (strcmp(gate, "fail") == 0) {
 		snprintf(err, sizeof(err), "not called: tool %s is "
 		    "unavailable", s->tool);

@@ -27,7 +27,8 @@ enum step_outcome {
 	OUT_UNKNOWN,	/* the call may or may not have taken effect */
 	OUT_DEFERRED,	/* not called, or rate limited: later, attempt kept */
 	OUT_REPLAY,	/* gate: the key's recorded outcome applies */
-	OUT_COLLISION	/* gate: the key belongs to another input */
+	OUT_COLLISION,	/* gate: the key belongs to another input */
+	OUT_CONFLICT	/* gate: its resource belongs to another queue */
 };
 
 struct worker;

@@ -114,8 +114,11 @@ migrate_apply(struct db *db, int *applied)
 		log_info("applied migration %s", m->name);
 		(*applied)++;
 	}
-	/* Functions a migration added get their grants (sql/0021). */
-	if (*applied > 0 && db_exec(db, "DO $$ BEGIN IF to_regprocedure("
+	/*
+	 * Grants (sql/0021) at every start, not only after a migration:
+	 * roles an administrator created since then get theirs too.
+	 */
+	if (db_exec(db, "DO $$ BEGIN IF to_regprocedure("
 	    "'eav.privileges_apply()') IS NOT NULL THEN PERFORM "
 	    "eav.privileges_apply(); END IF; END $$") != DB_OK)
 		return migrate_fail(db, "privileges");

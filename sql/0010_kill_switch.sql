@@ -38,11 +38,19 @@ COMMENT ON FUNCTION eav.kill_switch_lock_id() IS 'Advisory lock key: held shared
 -- The engaged switches, read after the shared lock is held.
 CREATE FUNCTION eav.kill_switch_scopes(OUT p_all boolean, OUT p_queues text[],
     OUT p_tools text[])
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    -- The lock-then-read argument needs a snapshot per statement.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'claims and ingest need READ COMMITTED, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '25000';
+    END IF;
     SELECT coalesce(bool_or(k.scope = 'global'), false),
            array_agg(k.target) FILTER (WHERE k.scope = 'queue'),
            array_agg(k.target) FILTER (WHERE k.scope = 'tool')
+    INTO p_all, p_queues, p_tools
     FROM eav.kill_switches k WHERE k.engaged;
+END;
 $$;
 COMMENT ON FUNCTION eav.kill_switch_scopes() IS 'What the engaged kill switches stop: everything, these queues, these tools (NULL: none).';
 
@@ -346,24 +354,21 @@ DECLARE
     v_all boolean;
     v_kq text[];
     v_kt text[];
-    v_n integer := 0;
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(eav.kill_switch_lock_id());
     SELECT * INTO v_all, v_kq, v_kt FROM eav.kill_switch_scopes();
     IF v_all THEN
         RETURN;
     END IF;
-    -- With switches engaged, events of their scope stay new and are
-    -- stepped over, so no limit: the loop's cursor locks as it goes.
+    -- Events of an engaged switch's scope stay new: filtered before the
+    -- row lock, so a held backlog is read but neither locked nor counted.
     FOR e IN
-        SELECT * FROM eav.inbox i WHERE i.state = 'new' ORDER BY i.id
-        LIMIT CASE WHEN v_kq IS NULL AND v_kt IS NULL THEN p_limit END
+        SELECT * FROM eav.inbox i WHERE i.state = 'new'
+          AND (v_kq IS NULL AND v_kt IS NULL
+               OR NOT eav.event_is_killed(i, v_kq, v_kt))
+        ORDER BY i.id LIMIT p_limit
         FOR UPDATE SKIP LOCKED
     LOOP
-        EXIT WHEN v_n >= p_limit;
-        CONTINUE WHEN (v_kq IS NOT NULL OR v_kt IS NOT NULL)
-                      AND eav.event_is_killed(e, v_kq, v_kt);
-        v_n := v_n + 1;
         event_id := e.id;
         task_id := NULL;
         error := NULL;

@@ -52,7 +52,7 @@ BEGIN
           AND s.claimed_at < now() - make_interval(secs => q.stuck_after_ms / 1000.0)
           AND NOT EXISTS (SELECT 1 FROM eav.alarms a WHERE a.type = 'task_stuck'
                           AND a.subject = 'step:' || s.id AND a.state <> 'resolved'
-                          AND (a.details->>'epoch')::bigint = s.claim_epoch)
+                          AND a.details->>'epoch' = s.claim_epoch::text)
         ORDER BY s.claimed_at LIMIT 100
     LOOP
         PERFORM eav.audit('task.stuck', 'failure', p_actor, r.trace_id, r.task_id,
@@ -98,10 +98,14 @@ BEGIN
     FOR r IN
         SELECT a.type, a.subject FROM eav.alarms a
         WHERE a.state <> 'resolved' AND (
+            -- Compared as text: alarm_raise takes any subject and details,
+            -- and one malformed alarm must not stop the sweep.
             (a.type = 'task_stuck' AND NOT EXISTS (
                 SELECT 1 FROM eav.steps s
-                WHERE s.id = substr(a.subject, 6)::bigint AND s.state = 'running'
-                  AND s.claim_epoch = (a.details->>'epoch')::bigint))
+                WHERE 'step:' || s.id = a.subject AND s.state = 'running'
+                  AND s.claim_epoch::text = a.details->>'epoch'
+                  AND s.id = CASE WHEN a.subject ~ '^step:[0-9]{1,18}$'
+                                  THEN substr(a.subject, 6)::bigint END))
          OR (a.type = 'queue_stalled' AND NOT EXISTS (
                 SELECT 1 FROM eav.queues q JOIN eav.steps s
                   ON s.state = 'pending' AND s.queue = q.name

@@ -101,6 +101,10 @@ DECLARE
     v_rx text;
     v_body text;
 BEGIN
+    -- One rebuild at a time, each reading the rules after the previous
+    -- one committed: two concurrent rule changes could otherwise each
+    -- rebuild without the other's rule.
+    PERFORM pg_advisory_xact_lock(hashtextextended('eav.redaction_screen', 0));
     SELECT array_agg(x ORDER BY x) INTO v_hints
     FROM (SELECT DISTINCT '%' || replace(replace(replace(h, '\', '\\'),
                  '%', '\%'), '_', '\_') || '%' AS x

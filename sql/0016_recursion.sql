@@ -155,6 +155,14 @@ DECLARE
     v_spec jsonb;
     v_task bigint;
 BEGIN
+    -- A result replayed from another step's recorded outcome (same
+    -- client key) already made its children: making them again would
+    -- repeat exactly what the key is there to prevent.
+    IF EXISTS (SELECT 1 FROM eav.idempotency_outcomes o
+               WHERE o.tool = NEW.tool AND o.idempotency_key = NEW.idempotency_key
+                 AND o.step_id <> NEW.id) THEN
+        RETURN NULL;
+    END IF;
     IF jsonb_array_length(v_specs) > 100 THEN
         PERFORM eav.audit('task.spawn_refused', 'refused', v_actor, NEW.trace_id,
             NEW.task_id, NEW.id, jsonb_build_object('error',
@@ -175,7 +183,7 @@ BEGIN
     RETURN NULL;
 END;
 $$;
-COMMENT ON FUNCTION eav.step_spawn_children() IS 'Trigger: a step that succeeded with "enqueue": [spec, ...] in its result creates its child tasks (eav.task_spawn); a malformed spec is audited task.spawn_refused and skipped.';
+COMMENT ON FUNCTION eav.step_spawn_children() IS 'Trigger: a step that succeeded with "enqueue": [spec, ...] in its result creates its child tasks (eav.task_spawn), unless the result is another step''s recorded outcome replayed; a malformed spec is audited task.spawn_refused and skipped.';
 
 CREATE TRIGGER steps_spawn_children AFTER UPDATE OF state ON eav.steps
     FOR EACH ROW

@@ -21,6 +21,9 @@ ALTER TABLE eav.steps ADD CONSTRAINT steps_state_check
                      'succeeded', 'failed', 'held', 'cancelled'));
 COMMENT ON COLUMN eav.steps.state IS 'blocked (earlier step not done), pending (runnable at run_at), waiting_approval (its tool needs an operator''s approval first: eav.approvals), running (claimed), succeeded, failed, held (unknown outcome or exhausted; an operator must resolve it), cancelled.';
 
+ALTER TABLE eav.tasks ADD COLUMN created_session text NOT NULL DEFAULT session_user;
+COMMENT ON COLUMN eav.tasks.created_session IS 'Database role of the session that created the task (session_user: unchanged by SECURITY DEFINER functions, so no caller can choose it, unlike created_by). Four-eyes compares it.';
+
 ALTER TABLE eav.tools ADD COLUMN approval jsonb;
 COMMENT ON COLUMN eav.tools.approval IS 'Approval policy, NULL for none: {"ttl_ms", "on_expiry": "fail"|"reissue", "four_eyes": bool} (eav.tool_approval_set).';
 
@@ -86,6 +89,9 @@ DECLARE
     v_field text;
     v_p jsonb;
 BEGIN
+    -- One policy change at a time: approval_tools() is rebuilt from the
+    -- table, and two changes at once could each miss the other's.
+    PERFORM pg_advisory_xact_lock(hashtextextended('eav.approval_tools', 0));
     PERFORM 1 FROM eav.tools WHERE name = p_tool FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no tool "%"', p_tool USING ERRCODE = '22023';
@@ -135,12 +141,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_p jsonb := (SELECT approval FROM eav.tools WHERE name = p_tool);
     v_by text := (SELECT created_by FROM eav.tasks WHERE id = p_task_id);
+    v_run_at timestamptz := (SELECT run_at FROM eav.steps WHERE id = p_step_id);
     v_id bigint;
 BEGIN
     INSERT INTO eav.approvals (step_id, task_id, trace_id, tool, requested_by,
         expires_at, on_expiry, four_eyes)
     VALUES (p_step_id, p_task_id, p_trace, p_tool, v_by,
-        now() + make_interval(secs => (v_p->>'ttl_ms')::numeric / 1000),
+        -- From when the step is due, not from its enqueue.  (A step being
+        -- inserted is not visible yet: then now.)
+        greatest(now(), v_run_at)
+            + make_interval(secs => (v_p->>'ttl_ms')::numeric / 1000),
         v_p->>'on_expiry', (v_p->>'four_eyes')::boolean)
     RETURNING id INTO v_id;
     PERFORM eav.audit('approval.requested', 'success', coalesce(v_by, p_actor),
@@ -198,8 +208,14 @@ BEGIN
         RAISE EXCEPTION 'approval % expired at %', p_id, a.expires_at
             USING ERRCODE = 'EA003';
     END IF;
-    IF a.four_eyes AND coalesce(a.requested_by, (SELECT created_by FROM eav.tasks
-                                                 WHERE id = a.task_id)) = p_actor THEN
+    -- The actor is a label its caller chooses; the session's role is not.
+    -- Both must differ, except for a superuser session (eavd, tests, an
+    -- administrator), where only the label says who is acting.
+    IF a.four_eyes AND (
+        coalesce(a.requested_by, (SELECT created_by FROM eav.tasks
+                                  WHERE id = a.task_id)) = p_actor
+        OR ((SELECT created_session FROM eav.tasks WHERE id = a.task_id) = session_user
+            AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user))) THEN
         RAISE EXCEPTION 'approval %: % created the task and may not decide it (four eyes)',
             p_id, p_actor USING ERRCODE = 'EA006';
     END IF;
@@ -218,7 +234,9 @@ DECLARE
 BEGIN
     UPDATE eav.approvals SET state = 'approved', decided_by = v_actor,
         decided_at = now(), note = p_note WHERE id = a.id;
-    UPDATE eav.steps SET state = 'pending', run_at = now(), updated_at = now()
+    -- A step scheduled for later keeps its time.
+    UPDATE eav.steps SET state = 'pending', run_at = greatest(run_at, now()),
+        updated_at = now()
     WHERE id = a.step_id AND state = 'waiting_approval';
     PERFORM eav.audit('approval.approved', 'success', v_actor, a.trace_id,
         a.task_id, a.step_id, jsonb_build_object('approval_id', a.id, 'note', p_note));

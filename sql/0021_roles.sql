@@ -77,10 +77,10 @@ SELECT 'eav_operator', f FROM unnest(ARRAY['task_enqueue', 'enqueue',
     'redaction_rule_add', 'redaction_rule_disable', 'redact', 'redact_text',
     'cron_next', 'schedule_add', 'schedule_pause', 'schedule_resume',
     'schedule_remove', 'resource_owner_set', 'resource_owner_clear',
-    'diagnose', 'diagnose_json', 'cron_next_n']) f
+    'diagnose', 'diagnose_json', 'cron_next_n', 'audit_head', 'schedule_get']) f
 UNION ALL
-SELECT 'eav_auditor', f FROM unnest(ARRAY['alarm_raise', 'check_invariants',
-    'diagnose', 'diagnose_json']) f;
+SELECT 'eav_auditor', f FROM unnest(ARRAY['check_invariants', 'diagnose',
+    'diagnose_json', 'audit_head']) f;
 
 CREATE FUNCTION eav.privileges_apply() RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -110,6 +110,15 @@ BEGIN
     END LOOP;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eav_operator') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA eav TO eav_operator;
+        -- Helpers that only read (step_id, the views' functions, cron
+        -- and schedule lookups): with the operator's own rights, since
+        -- it may read every table anyway.
+        FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+                 JOIN pg_namespace n ON n.oid = p.pronamespace
+                 WHERE n.nspname = 'eav' AND p.provolatile IN ('s', 'i')
+                   AND p.prorettype <> 'trigger'::regtype LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO eav_operator', r.fn);
+        END LOOP;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eav_auditor') THEN
         GRANT SELECT ON eav.audit_events, eav.audit_chain, eav.alarms,
@@ -118,6 +127,6 @@ BEGIN
     RETURN v_n;
 END;
 $$;
-COMMENT ON FUNCTION eav.privileges_apply() IS 'Applies least privilege: nothing in schema eav for PUBLIC; each role of eav.role_functions may execute its functions (made SECURITY DEFINER with search_path pg_catalog, eav, pg_temp); eav_operator reads every table, eav_auditor the audit, alarms, kill switches and approvals. Idempotent; run after every migration. Returns the grants made.';
+COMMENT ON FUNCTION eav.privileges_apply() IS 'Applies least privilege: nothing in schema eav for PUBLIC; each role of eav.role_functions may execute its functions (made SECURITY DEFINER with search_path pg_catalog, eav, pg_temp); eav_operator reads every table and may call every function that only reads (STABLE or IMMUTABLE), eav_auditor reads the audit, alarms, kill switches and approvals. Idempotent; run at every start. Returns the grants made.';
 
 SELECT eav.privileges_apply();

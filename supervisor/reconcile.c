@@ -99,8 +99,15 @@ stuck_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
 	if (st == DB_OK && strcmp(PQgetvalue(res, 0, 0), "0") != 0)
 		log_warnx("%s step(s) or queue(s) stuck: see eav.alarms",
 		    PQgetvalue(res, 0, 0));
-	if (st == DB_OK && strcmp(PQgetvalue(res, 0, 2), "0") != 0)
-		log_notice("%s approval(s) expired", PQgetvalue(res, 0, 2));
+}
+
+static void
+expire_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
+{
+	(void)sup;
+	(void)arg;
+	if (st == DB_OK && strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+		log_notice("%s approval(s) expired", PQgetvalue(res, 0, 0));
 }
 
 /* Each sweep also looks for stuck steps and stalled queues (sql/0013),
@@ -122,8 +129,13 @@ sweep_cb(evutil_socket_t fd, short what, void *arg)
 	sup->sweeping = 1;
 	sdb_submit(sup->db, DB_RECONCILE_SWEEP, params, sweep_done, NULL, 0);
 	sdb_set_refresh(sup->db, sweep_refresh);
-	if (sup->state != SUP_STOPPING)
+	/* Three statements: one failing must not stop the others. */
+	if (sup->state != SUP_STOPPING) {
 		sdb_submit(sup->db, DB_STUCK_SWEEP, actor, stuck_done, NULL, 0);
+		sdb_submit(sup->db, DB_STORM_SWEEP, actor, NULL, NULL, 0);
+		sdb_submit(sup->db, DB_APPROVAL_EXPIRE, actor, expire_done,
+		    NULL, 0);
+	}
 }
 
 /* Arms the periodic sweep (and, at shutdown, runs one last time). */

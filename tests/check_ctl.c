@@ -673,6 +673,47 @@ START_TEST(test_alarms_and_stuck)
 }
 END_TEST
 
+/* What an operator reads, logged in as eav_operator (sql/0021). */
+static const char *operator_reads[][4] = {
+	{ "tasks", NULL },
+	{ "show", "1", NULL },
+	{ "status", NULL },
+	{ "alarms", "-a", NULL },
+	{ "tools", "list", NULL },
+	{ "queue", "list", NULL },
+	{ "kill-switch", NULL },
+	{ "budget", NULL },
+	{ "approvals", NULL },
+	{ "owner", NULL },
+	{ "schedules", NULL },
+	{ "inject", "list", NULL },
+	{ "check", NULL },
+	{ "audit", "verify", NULL },
+	{ "diagnose", NULL },
+};
+
+START_TEST(test_operator_role)
+{
+	struct th_db	 db;
+	char		 dsn[600];
+	int		 r;
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.schedule_add('nightly', "
+	    "'0 3 * * *', 'default', 'report', '[{\"tool\": \"noop\"}]', "
+	    "p_actor => 'operator:test')", 0));
+	snprintf(dsn, sizeof(dsn), "%s user=eav_operator", db.dsn);
+	r = ctl_argv(dsn, "erin", operator_reads[_i]);
+	ck_assert_msg(r == 0 || (r == 3 && strcmp(operator_reads[_i][0],
+	    "diagnose") == 0), "eavctl %s as eav_operator: exit %d: %s",
+	    operator_reads[_i][0], r, out_read());
+	ck_assert_int_eq(ctl(dsn, "erin", "schedules", "next", "nightly", "2",
+	    NULL), 0);
+	th_db_free(&db);
+}
+END_TEST
+
 /* status with eavd running lists its children and the queues. */
 START_TEST(test_status_eavd)
 {
@@ -730,6 +771,8 @@ suite_ctl(void)
 	tcase_add_test(tc, test_queue);
 	tcase_add_test(tc, test_kill_switch);
 	tcase_add_test(tc, test_alarms_and_stuck);
+	tcase_add_loop_test(tc, test_operator_role, 0,
+	    sizeof(operator_reads) / sizeof(operator_reads[0]));
 	tcase_add_test(tc, test_tools);
 	tcase_add_test(tc, test_status_eavd);
 	tcase_set_timeout(tc, 90);

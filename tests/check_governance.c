@@ -189,6 +189,55 @@ loop_tool(PGconn *c, const char *name, const char *child, int n)
 	    loop_script, child, num));
 }
 
+/*
+ * A step that gets another step's recorded outcome (same client key) does
+ * not create that outcome's children a second time.
+ */
+START_TEST(test_replay_spawns_nothing)
+{
+	struct th_db	 db;
+	char		*a, *b, *ea, *eb, batch[512];
+	static const char steps[] = "[{\"tool\": \"noop\", "
+	    "\"idempotency_key\": \"hook-9\"}]";
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.node_start('n1', 'h', 1, 't')",
+	    0));
+	a = th_str(db.conn, "SELECT (eav.task_enqueue('default', 'k', $1, "
+	    "'operator:t') * 128 + 1)::text", 1, steps);
+	ea = th_str(db.conn, "SELECT claim_epoch::text FROM eav.claim('n1', 1, "
+	    "7, 1)", 0);
+	snprintf(batch, sizeof(batch), "[{\"id\": %s, \"epoch\": %s, "
+	    "\"outcome\": \"succeeded\", \"rec\": true, \"result\": "
+	    "{\"enqueue\": [{\"kind\": \"child\", \"steps\": "
+	    "[{\"tool\": \"noop\"}]}]}}]", a, ea);
+	PQclear(th_exec(db.conn, "SELECT * FROM eav.complete_batch('w', "
+	    "$1::jsonb)", 1, batch));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks WHERE "
+	    "kind = 'child'", 0), 1);
+	b = th_str(db.conn, "SELECT (eav.task_enqueue('default', 'k', $1, "
+	    "'operator:t') * 128 + 1)::text", 1, steps);
+	eb = th_str(db.conn, "SELECT claim_epoch || ':' || gate FROM eav.claim("
+	    "'n1', 1, 7, 10) WHERE step_id = $1::bigint", 1, b);
+	ck_assert_str_eq(eb + strcspn(eb, ":"), ":replay");
+	eb[strcspn(eb, ":")] = '\0';
+	snprintf(batch, sizeof(batch), "[{\"id\": %s, \"epoch\": %s, "
+	    "\"outcome\": \"replay\"}]", b, eb);
+	PQclear(th_exec(db.conn, "SELECT * FROM eav.complete_batch('w', "
+	    "$1::jsonb)", 1, batch));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint AND state = 'succeeded' AND result ? 'enqueue'", 1,
+	    b), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks WHERE "
+	    "kind = 'child'", 0), 1);
+	free(a);
+	free(b);
+	free(ea);
+	free(eb);
+	th_db_free(&db);
+}
+END_TEST
+
 START_TEST(test_recursion_refused_settings)
 {
 	struct th_db	 db;
@@ -460,6 +509,38 @@ static const struct {
 };
 
 /*
+ * Four eyes holds against a chosen actor label: the session that made the
+ * task may not approve it as "someone else"; another login may.
+ */
+static void
+four_eyes_by_session(PGconn *c)
+{
+	const char	*e;
+	char		*a, *t;
+
+	PQclear(th_exec(c, "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles "
+	    "WHERE rolname = 'eav_test_alice') THEN CREATE ROLE "
+	    "eav_test_alice; CREATE ROLE eav_test_bob; END IF; GRANT "
+	    "eav_operator TO eav_test_alice, eav_test_bob; END $$", 0));
+	PQclear(th_exec(c, "SELECT eav.tool_approval_set('sleep', "
+	    "'{\"four_eyes\": true}')", 0));
+	PQclear(th_exec(c, "SET SESSION AUTHORIZATION eav_test_alice", 0));
+	t = th_str(c, "SELECT eav.enqueue('sleep', '{\"ms\": 1}', p_actor => "
+	    "'operator:alice')::text", 0);
+	a = approval_of(c, t);
+	e = th_err(c, "SELECT eav.approval_approve($1::bigint, "
+	    "'operator:bob')", 1, a);
+	ck_assert_msg(strstr(e, "EA006"), "%s", e);
+	PQclear(th_exec(c, "RESET SESSION AUTHORIZATION", 0));
+	PQclear(th_exec(c, "SET SESSION AUTHORIZATION eav_test_bob", 0));
+	PQclear(th_exec(c, "SELECT eav.approval_approve($1::bigint, "
+	    "'operator:bob')", 1, a));
+	PQclear(th_exec(c, "RESET SESSION AUTHORIZATION", 0));
+	free(a);
+	free(t);
+}
+
+/*
  * Least privilege: the roles exist, none superuser, none owns anything
  * of eav; no eav function is executable by PUBLIC; every forbidden
  * action of each role fails with 42501; what each role is for works.
@@ -503,6 +584,7 @@ START_TEST(test_least_privilege)
 	PQclear(th_exec(db.conn, "SELECT * FROM eav.kill_switch_observe("
 	    "'worker:x', NULL)", 0));
 	PQclear(th_exec(db.conn, "RESET ROLE", 0));
+	four_eyes_by_session(db.conn);
 	th_db_free(&db);
 }
 END_TEST
@@ -518,6 +600,7 @@ suite_governance(void)
 	tcase_add_test(tc, test_retry_budget_refused);
 	tcase_add_test(tc, test_retry_storm_capped);
 	tcase_add_test(tc, test_recursion_refused_settings);
+	tcase_add_test(tc, test_replay_spawns_nothing);
 	tcase_add_test(tc, test_self_triggering_chains);
 	tcase_add_test(tc, test_approvals_decisions);
 	tcase_add_test(tc, test_approvals_with_eavd);

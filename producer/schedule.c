@@ -94,8 +94,13 @@ schedule_cb(evutil_socket_t fd, short what, void *arg)
 	if (!db_is_connected(&p->db) || p->stopping)
 		return;
 	ms = schedule_tick(p);
-	if (db_is_connected(&p->db))
+	if (db_is_connected(&p->db)) {
 		schedule_arm(p, ms);
+		/* A NOTIFY eav_inbox read during the call sits in libpq's
+		 * queue, where no socket event finds it: the ingest cycle
+		 * drains it (and finds the events anyway). */
+		ingest_wake(p);
+	}
 }
 
 /* Creates the schedule timer; the first tick comes with schedule_wake. */

@@ -616,17 +616,20 @@ BEGIN
                                 WHERE o.tool = c.tool
                                   AND o.idempotency_key = c.idempotency_key)
                        THEN 'replay'
-                   -- Another step with this key is running, or comes
-                   -- first and is not finished: one call per key at a
-                   -- time, and the later step then finds its outcome.
+                   -- Another step with this key is running, or pending
+                   -- ahead of it: one call per key at a time, and the
+                   -- later step then finds its outcome.
                    WHEN EXISTS (SELECT 1 FROM eav.steps o
                                 WHERE NOT eav.key_is_derived(o.idempotency_key, o.id)
                                   AND o.tool = c.tool
                                   AND o.idempotency_key = c.idempotency_key
                                   AND o.id <> c.id
-                                  AND o.state IN ('blocked', 'pending',
-                                                  'running', 'held')
-                                  AND (o.state = 'running' OR o.id < c.id))
+                                  -- Only steps that will move: a held one
+                                  -- waits for a person and a blocked one
+                                  -- for its task, maybe forever, and a
+                                  -- step must not sit pending behind them.
+                                  AND (o.state = 'running'
+                                       OR o.state = 'pending' AND o.id < c.id))
                        THEN 'wait'
                END AS key_gate,
                CASE

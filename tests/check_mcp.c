@@ -32,6 +32,7 @@
 #define KILL_TOTAL_MS	150000	/* and of the drain (timeout 200 s) */
 #define HELD_ROUNDS	3	/* kills of a worker with 2 calls in flight */
 #define MAX_GROUPS	64
+#define GROUP_KILL_MS	5000	/* eavd reaps and kills groups by then */
 
 /* Registers mcpd as the server of tool name (its tool "far"). */
 static const char register_sql[] =
@@ -783,7 +784,7 @@ child_groups(pid_t parent, pid_t *groups, int max)
 
 /* Live processes (of mcpd, by its marker) in any of the groups. */
 static int
-live_in_groups(const pid_t *groups, int n, const char *mark)
+live_in_groups(const pid_t *groups, int n, const char *mark, int loud)
 {
 	DIR		*d = opendir("/proc");
 	struct dirent	*de;
@@ -798,8 +799,10 @@ live_in_groups(const pid_t *groups, int n, const char *mark)
 			continue;
 		for (i = 0; i < n; i++)
 			if (pg == groups[i]) {
-				printf("survivor: pid %d state %c group %d\n",
-				    (int)pid, state, (int)pg);
+				if (loud)
+					printf("survivor: pid %d state %c "
+					    "group %d\n", (int)pid, state,
+					    (int)pg);
 				live++;
 			}
 	}
@@ -816,15 +819,24 @@ static int
 kill_call(PGconn *c, const struct th_eavd *e, const struct th_call *k,
     const char *mark, int *survivors)
 {
-	pid_t	groups[MAX_GROUPS];
-	int	n = child_groups(k->owner, groups, MAX_GROUPS);
+	pid_t		groups[MAX_GROUPS];
+	int		n = child_groups(k->owner, groups, MAX_GROUPS);
+	long long	until;
 
 	ck_assert_int_eq(kill(k->owner, SIGKILL), 0);
 	ck_assert_msg(th_wait(c, DEADLINE_MS, "SELECT NOT (state = 'running' "
 	    "AND claim_epoch = $2::bigint) FROM eav.steps WHERE id = "
 	    "$1::bigint", 2, k->step, k->epoch), "step %s was not reconciled "
 	    "(log %s)", k->step, e->log);
-	*survivors += live_in_groups(groups, n, mark);
+	/*
+	 * A step that completed just before the kill is "not running" before
+	 * eavd has even reaped the worker and killed its groups: give eavd a
+	 * deadline, then count what is still alive.
+	 */
+	until = th_now_ms() + GROUP_KILL_MS;
+	while (live_in_groups(groups, n, mark, 0) > 0 && th_now_ms() < until)
+		th_pause_ms(5);
+	*survivors += live_in_groups(groups, n, mark, 1);
 	return th_ll(c, "SELECT count(*) FROM eav.unknown_outcomes WHERE "
 	    "step_id = $1::bigint AND claim_epoch = $2::bigint AND "
 	    "detected_by = 'worker_exit'", 2, k->step, k->epoch) > 0;

@@ -4,6 +4,8 @@
 # succeeded, as the peers are timed).  For development; make bench runs
 # the full comparison.
 #   bench/drain.sh [N] [W]          (default 20000 4)
+# BATCH sets the worker batch size (50); DRAIN_CONF is appended to the
+# config file (e.g. DRAIN_CONF=$'[audit]\nseal_interval = 60s').
 # Uses the private cluster of make run (started if needed).
 set -euo pipefail
 
@@ -24,6 +26,7 @@ q "VACUUM ANALYZE" >/dev/null
 q "CHECKPOINT" >/dev/null
 conf=$(mktemp /tmp/eavdrain.XXXXXX)
 printf "[database]\ndsn = %s\n[supervisor]\nworkers = %s\n[worker]\nbatch_size = %s\nconcurrency = %s\n" "$dsn" "$w" "${BATCH:-50}" "${BATCH:-50}" >"$conf"
+[ -z "${DRAIN_CONF:-}" ] || printf '%s\n' "$DRAIN_CONF" >>"$conf"
 t0=$(date +%s.%N)
 "$root/build/bin/eavd" -f "$conf" 2>"$conf.log" &
 eavd=$!

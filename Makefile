@@ -174,6 +174,11 @@ $(BUILD)/bin/eavbench: $(call obj,$(BENCH_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# Links libpq alone, on purpose (see the file).
+$(BUILD)/bin/pqfloor: $(call obj,bench/pqfloor.c)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ -lpq
+
 $(BUILD)/bin/eavsoak: $(call obj,$(SOAK_SRCS)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -211,7 +216,8 @@ stop:
 	@scripts/cluster.sh stop
 
 # eavbench too, so a change that breaks it fails the tests, not make bench.
-check-build: $(BINS) $(TESTBIN) $(FAR_BINS) $(BUILD)/bin/eavbench
+check-build: $(BINS) $(TESTBIN) $(FAR_BINS) $(BUILD)/bin/eavbench \
+    $(BUILD)/bin/pqfloor
 
 check:
 	@scripts/deps.sh check
@@ -235,7 +241,7 @@ lint:
 bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all $(BUILD)/bin/eavbench \
-	    $(BUILD)/bin/httpd
+	    $(BUILD)/bin/httpd $(BUILD)/bin/pqfloor
 	@bench/run.sh
 
 bench-http:

@@ -75,6 +75,7 @@ static void	 eavd_start(struct bench *, const char *);
 static void	 eavd_stop(struct bench *);
 static void	 wait_up(struct bench *);
 static long	 rss_peak_kib(pid_t);
+static long	 uss_kib(pid_t);
 static int	 cmp_double(const void *, const void *);
 static double	 pct(double *, long, double);
 static void	 mode_drain(struct bench *);
@@ -271,6 +272,60 @@ rss_peak_kib(pid_t pid)
 	return v;
 }
 
+/*
+ * Private memory of a process (Private_Clean + Private_Dirty of
+ * smaps_rollup), in KiB; -1 if unknown.  Most of a C daemon's RSS is
+ * shared library pages (libc, libcrypto, gnutls through libpq) that
+ * every process on the machine shares; this is what it costs alone.
+ */
+static long
+uss_kib(pid_t pid)
+{
+	char	path[64], line[256];
+	FILE	*fp;
+	long	v, sum = 0;
+	int	n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", (int)pid);
+	if ((fp = fopen(path, "r")) == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), fp) != NULL)
+		if (sscanf(line, "Private_Clean: %ld", &v) == 1 ||
+		    sscanf(line, "Private_Dirty: %ld", &v) == 1) {
+			sum += v;
+			n++;
+		}
+	fclose(fp);
+	return n == 2 ? sum : -1;
+}
+
+/* The largest memory figures of each kind of process, in KiB. */
+struct mem {
+	long	eavd, worker, producer;
+};
+
+static void
+mem_sample(struct bench *b, long (*fn)(pid_t), struct mem *m)
+{
+	PGresult	*res;
+	long		 r;
+	int		 i;
+
+	m->worker = m->producer = 0;
+	res = q(b, "SELECT kind, pid FROM eav.proj_processes WHERE pid IS "
+	    "NOT NULL", 0);
+	for (i = 0; i < PQntuples(res); i++) {
+		r = fn(atoi(PQgetvalue(res, i, 1)));
+		if (strcmp(PQgetvalue(res, i, 0), "worker") == 0 &&
+		    r > m->worker)
+			m->worker = r;
+		else if (strcmp(PQgetvalue(res, i, 0), "producer") == 0)
+			m->producer = r;
+	}
+	PQclear(res);
+	m->eavd = fn(b->eavd);
+}
+
 static void
 mode_drain(struct bench *b)
 {
@@ -278,7 +333,8 @@ mode_drain(struct bench *b)
 	char		 front[64];
 	PGresult	*res;
 	double		 te0, te1, t0, t1;
-	long		 worker_rss = 0, producer_rss = 0, r;
+	struct mem	 rss, uss;
+	long		 r;
 	int		 i;
 
 	fresh_schema(b);
@@ -339,27 +395,19 @@ mode_drain(struct bench *b)
 		pause_ms(5);
 	}
 	t1 = now_s();
-	res = q(b, "SELECT kind, pid FROM eav.proj_processes WHERE pid IS "
-	    "NOT NULL", 0);
-	for (i = 0; i < PQntuples(res); i++) {
-		r = rss_peak_kib(atoi(PQgetvalue(res, i, 1)));
-		if (strcmp(PQgetvalue(res, i, 0), "worker") == 0 &&
-		    r > worker_rss)
-			worker_rss = r;
-		else if (strcmp(PQgetvalue(res, i, 0), "producer") == 0)
-			producer_rss = r;
-	}
-	PQclear(res);
-	r = rss_peak_kib(b->eavd);
+	mem_sample(b, rss_peak_kib, &rss);
+	mem_sample(b, uss_kib, &uss);
 	eavd_stop(b);
 	printf("RESULT {\"lib\": \"eav\", \"test\": \"throughput\", "
 	    "\"concurrency\": %d, \"n\": %ld, \"behind\": %ld, "
 	    "\"audit_rows\": %ld, \"enqueue_jobs_per_s\": %.0f, "
 	    "\"process_ms\": %.0f, \"process_jobs_per_s\": %.0f, "
 	    "\"rss_kib\": {\"eavd\": %ld, \"worker_max\": %ld, "
-	    "\"producer\": %ld}}\n", b->workers, b->n, b->behind,
-	    b->audit_rows, b->n / (te1 - te0), (t1 - t0) * 1000,
-	    b->n / (t1 - t0), r, worker_rss, producer_rss);
+	    "\"producer\": %ld}, \"uss_kib\": {\"eavd\": %ld, "
+	    "\"worker_max\": %ld, \"producer\": %ld}}\n", b->workers, b->n,
+	    b->behind, b->audit_rows, b->n / (te1 - te0), (t1 - t0) * 1000,
+	    b->n / (t1 - t0), rss.eavd, rss.worker, rss.producer, uss.eavd,
+	    uss.worker, uss.producer);
 }
 
 static int

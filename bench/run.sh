@@ -91,6 +91,8 @@ try() { "$@" || echo "bench: FAILED: $*" >&2; }
 	done
 	echo "== kill"
 	try "$bin/eavbench" kill -d "$dsn" -n "$kills" -c 4 2>/dev/null
+	echo "== memory floor"
+	try "$bin/pqfloor" "$dsn"
 	echo "== kill switch"
 	try "$bin/eavbench" killswitch -d "$dsn" -n "$engages" -c 4 2>/dev/null
 	if [ "$quick" != 1 ]; then

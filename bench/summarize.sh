@@ -56,6 +56,10 @@ def mib: if . == null or . <= 0 then "n/a" else ((. / 1024 * 10 | round) / 10 | 
   | ([$all[] | select(.lib == "graphile-worker" and .rss_kib != null) | .rss_kib]) as $gr
   | ([$all[] | select(.lib == "pg-boss" and .rss_kib != null) | .rss_kib]) as $pr
   | "| peak RSS under load (MiB): eavd / worker / producer | \([$r[].eavd] | max | mib) / \([$r[].worker_max] | max | mib) / \([$r[].producer] | max | mib) | graphile-worker \($gr | max | mib), pg-boss \($pr | max | mib) (one node process enqueuing and working) | eavd ≤ 4, worker ≤ 8 |",
+  ([$all[] | select(.lib == "eav" and .test == "throughput" and .uss_kib != null) | .uss_kib]) as $u
+  | ([$all[] | select(.test == "memory floor")][0]) as $fl
+  | "| a process that links only libpq and runs SELECT 1 (bench/pqfloor.c): peak RSS / private (MiB) | \($fl.rss_kib | mib) / \($fl.uss_kib | mib) | — | the floor under the eavd target |",
+  "| private memory (USS: RSS less the shared library pages), peak of samples after each drain (MiB): eavd / worker / producer | \([$u[].eavd] | max | mib) / \([$u[].worker_max] | max | mib) / \([$u[].producer] | max | mib) | — | — |",
   ([$all[] | select(.lib == "eav" and .test == "throughput" and .behind == 10000 and .audit_rows == 0) | .process_jobs_per_s] | median) as $s10k
   | ([$all[] | select(.lib == "eav" and .test == "throughput" and .behind == 1000000) | .process_jobs_per_s] | median) as $s1m
   | ([$all[] | select(.lib == "eav" and .test == "throughput" and .audit_rows > 0) | .process_jobs_per_s] | median) as $saud

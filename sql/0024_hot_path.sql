@@ -78,3 +78,57 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION eav.audit_seal(integer) IS 'Seals up to p_limit committed audit events, in id order, below the horizon under which no event can still commit; returns how many (0 also when another sealer holds the lock). Called by eavd every audit.seal_interval, again at once after a full batch. Needs READ COMMITTED.';
+
+-- A running step always has its worker's pid (only eav.claim makes a step
+-- running, and it sets owner_pid), now said where the planner and a
+-- reader can see it.  The sweep below names owner_pid IS NOT NULL so
+-- that it reads steps_running_idx: without it, the planner could not
+-- prove the index's predicate and eavd's sweep read every step, every
+-- sweep_interval (a parallel scan of the table with a million pending
+-- steps: the 1M-backlog throughput of make bench paid for it).
+ALTER TABLE eav.steps ADD CONSTRAINT steps_running_has_pid
+    CHECK (state <> 'running' OR owner_pid IS NOT NULL);
+
+CREATE OR REPLACE FUNCTION eav.reconcile_sweep(p_node text, p_incarnation bigint,
+    p_live_pids integer[])
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_actor text := format('supervisor:%s/%s', p_node, p_incarnation);
+    v_n integer := 0;
+    r record;
+    v_old bigint[];
+BEGIN
+    -- Orphans: steps of this incarnation whose pid is not a live child,
+    -- and any step of this node left by an older incarnation (a claim that
+    -- committed after that incarnation was reconciled).
+    IF NOT EXISTS (SELECT 1 FROM eav.steps s
+                   WHERE s.state = 'running' AND s.owner_pid IS NOT NULL
+                     AND s.owner_node = p_node
+                     AND (s.owner_incarnation <> p_incarnation
+                          OR s.owner_pid <> ALL (coalesce(p_live_pids, '{}')))) THEN
+        RETURN 0;
+    END IF;
+    SELECT array_agg(DISTINCT owner_incarnation) INTO v_old FROM eav.steps
+    WHERE state = 'running' AND owner_pid IS NOT NULL AND owner_node = p_node
+      AND owner_incarnation <> p_incarnation;
+    PERFORM eav.terminate_sessions(ARRAY[p_incarnation], p_live_pids);
+    IF v_old IS NOT NULL THEN
+        PERFORM eav.terminate_sessions(v_old, NULL);
+    END IF;
+    FOR r IN
+        SELECT s.id, s.claim_epoch FROM eav.steps s
+        WHERE s.state = 'running' AND s.owner_pid IS NOT NULL
+          AND s.owner_node = p_node
+          AND (s.owner_incarnation <> p_incarnation
+               OR s.owner_pid <> ALL (coalesce(p_live_pids, '{}')))
+        ORDER BY s.id
+    LOOP
+        IF eav.reconcile_step(r.id, r.claim_epoch, 'sweep', v_actor) <> 'skipped' THEN
+            v_n := v_n + 1;
+        END IF;
+    END LOOP;
+    RETURN v_n;
+END;
+$$;
+COMMENT ON FUNCTION eav.reconcile_sweep(text, bigint, integer[]) IS 'Back-stop run by eavd every sweep_interval: reconciles running steps of this node owned by an older incarnation, or by a pid of this incarnation that is not among its live children.';

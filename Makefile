@@ -83,6 +83,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_kill.c \
 		ctl/cmd_owner.c \
 		ctl/cmd_budget.c \
+		ctl/cmd_redaction.c \
 		ctl/cmd_approval.c \
 		ctl/cmd_audit.c \
 		ctl/cmd_diagnose.c \

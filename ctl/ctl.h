@@ -54,6 +54,9 @@ int	cmd_approvals(struct ctl *, int, char **);
 /* cmd_budget.c */
 int	cmd_budget(struct ctl *, int, char **);
 
+/* cmd_redaction.c */
+int	cmd_redaction(struct ctl *, int, char **);
+
 /* cmd_kill.c */
 int	cmd_kill(struct ctl *, int, char **);
 

@@ -41,6 +41,9 @@ static const struct ctl_cmd cmds[] = {
 	    "tool policy_json|off" },
 	{ "budget", cmd_budget, "budget [list] | budget set (-q queue | "
 	    "-t tool) retries_per_minute | budget clear (-q queue | -t tool)" },
+	{ "redaction", cmd_redaction, "redaction [list] [-a] | redaction "
+	    "add [-h hint,...] [-m description] key|value|allow label "
+	    "pattern | redaction disable label reason" },
 	{ "kill-switch", cmd_kill, "kill-switch [list] | kill-switch on|off "
 	    "[--queue queue | --tool tool] --reason reason" },
 	{ "owner", cmd_owner, "owner [list] | owner set pattern queue "

@@ -669,6 +669,25 @@ START_TEST(test_alarms_and_stuck)
 	    "default", NULL), 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.retry_budgets", 0), 0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "redaction", "add", "-h", "tok_",
+	    "-m", "test tokens", "value", "test_tok", "tok_[a-z0-9]{8}", NULL),
+	    0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "redaction", "add", "value",
+	    "Bad Label", "x", NULL), 2);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "redaction", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "test_tok"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT ((eav.redact_text('key "
+	    "tok_abcd1234 here')).redacted = 'key [REDACTED:test_tok] "
+	    "here')::int", 0), 1);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "redaction", "disable",
+	    "test_tok", "was a test", NULL), 0);
+	ck_assert_int_eq(ctl(db.dsn, "erin", "redaction", NULL), 0);
+	ck_assert_ptr_null(strstr(out_read(), "test_tok"));
+	ck_assert_int_eq(ctl(db.dsn, "erin", "redaction", "-a", NULL), 0);
+	ck_assert_ptr_nonnull(strstr(out_read(), "was a test"));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type LIKE 'redaction.%' AND actor = "
+	    "'operator:erin'", 0), 2);
 	th_db_free(&db);
 }
 END_TEST

@@ -47,6 +47,7 @@ static void	 stop_eavd(struct th_eavd *);
 static void	 assert_rejected(PGconn *, const char *, const char *);
 static void	 assert_one_task_each(PGconn *, const char *);
 static int	 producer_crashes(PGconn *);
+static pid_t	 producer_pid(PGconn *, pid_t);
 
 /*
  * A body that would be a valid task but for its size: one byte over the
@@ -159,6 +160,28 @@ producer_crashes(PGconn *c)
 	return (int)th_ll(c, "SELECT count(*) FROM eav.audit_events WHERE "
 	    "type = 'process.exited' AND payload->>'kind' = 'producer' AND "
 	    "payload->>'detail' LIKE '%signal 9%'", 0);
+}
+
+/*
+ * The up producer's pid, once it is not old (the one just killed): eavd
+ * restarts it after its back-off.  Fails the test past the deadline.
+ */
+static pid_t
+producer_pid(PGconn *c, pid_t old)
+{
+	long long	deadline = th_now_ms() + 30000;
+	long long	pid;
+
+	for (;;) {
+		pid = th_ll(c, "SELECT coalesce(max(pid), 0) FROM "
+		    "eav.proj_processes WHERE kind = 'producer' AND state = 'up' "
+		    "AND pid IS NOT NULL", 0);
+		if (pid != 0 && pid != old && kill((pid_t)pid, 0) == 0)
+			return (pid_t)pid;
+		ck_assert_msg(th_now_ms() < deadline, "no producer came up "
+		    "after pid %d was killed", (int)old);
+		th_pause_ms(2);
+	}
 }
 
 /* Events inserted by SQL wake the producer and become tasks. */
@@ -364,6 +387,52 @@ START_TEST(test_crash_before_ack)
 }
 END_TEST
 
+/*
+ * The producer SIGKILLed 100 times at random points while it ingests
+ * (batches of 10, events arriving all along): every event becomes
+ * exactly one task, none is lost, none is deduped against itself.
+ */
+/* FM-017 */
+START_TEST(test_kill_100)
+{
+	struct th_db	db;
+	struct th_eavd	e;
+	pid_t		pid = 0;
+	char		from[16], to[16];
+	int		k, n = 0;
+
+	th_db_new(&db);
+	th_eavd_conf(&e, &db, EAVD_CONF "batch_size = 10\n[supervisor]\n"
+	    "restart_backoff_min = 1ms\nrestart_backoff_max = 10ms\n"
+	    "restart_intensity = 0\n");
+	unsetenv("EAV_INJECT");
+	start_eavd(&e, &db);
+	srandom(17);
+	for (k = 0; k < 100; k++) {
+		snprintf(from, sizeof(from), "%d", n + 1);
+		snprintf(to, sizeof(to), "%d", n += 40);
+		PQclear(th_exec(db.conn, "INSERT INTO eav.inbox (source, "
+		    "event_key, type, body) SELECT 'sql', 'key-' || i, 'task', "
+		    "$1 FROM generate_series($2::int, $3::int) i", 3,
+		    GOOD_BODY, from, to));
+		pid = producer_pid(db.conn, pid);
+		/* Mid-batch, mostly: the ingest is under way by then. */
+		th_pause_ms(random() % 8);
+		ck_assert_int_eq(kill(pid, SIGKILL), 0);
+	}
+	snprintf(to, sizeof(to), "%d", n);
+	ck_assert_msg(th_wait(db.conn, 120000, "SELECT count(*) = $1::int FROM "
+	    "eav.tasks WHERE state = 'succeeded'", 1, to),
+	    "events were lost or doubled after 100 kills; see %s", e.log);
+	ck_assert_int_ge(producer_crashes(db.conn), 100);
+	stop_eavd(&e);
+	assert_one_task_each(db.conn, to);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
+	    "WHERE type = 'event.deduped'", 0), 0);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_producer(void)
 {
@@ -379,6 +448,7 @@ suite_producer(void)
 	tcase_add_test(live, test_notify_path);
 	tcase_add_test(live, test_malformed_via_eavd);
 	tcase_add_test(live, test_crash_before_ack);
+	tcase_add_test(live, test_kill_100);
 	tcase_set_timeout(live, 240);
 	suite_add_tcase(s, live);
 	return s;

@@ -50,6 +50,8 @@ COMMON_SRCS =	common/clock.c \
 		common/log.c \
 		common/migrate.c \
 		common/spawn.c \
+		common/toolproc.c \
+		common/procrun.c \
 		common/xalloc.c \
 		inject/inject.c \
 		inject/inject_db.c
@@ -64,7 +66,6 @@ WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \
 		worker/tools.c \
-		worker/toolproc.c \
 		worker/tool_exec.c \
 		worker/tool_http.c \
 		worker/tls.c \

@@ -73,7 +73,10 @@ WORKER_SRCS =	worker/main.c \
 		worker/jscan.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c \
-		producer/schedule.c
+		producer/schedule.c \
+		producer/watcher.c \
+		producer/probe.c \
+		producer/probe_http.c
 CTL_SRCS =	ctl/main.c \
 		ctl/cmd_task.c \
 		ctl/cmd_status.c \

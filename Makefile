@@ -91,6 +91,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_audit.c \
 		ctl/cmd_diagnose.c \
 		ctl/cmd_schedule.c \
+		ctl/cmd_watcher.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \

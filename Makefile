@@ -120,7 +120,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_redact.c \
 		tests/check_diagnose.c \
 		tests/check_schedule.c \
-		tests/check_ownership.c
+		tests/check_ownership.c \
+		tests/check_watcher.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

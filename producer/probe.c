@@ -52,14 +52,15 @@ probe_start(struct watch_tick *t)
 		probe_exec_start(t);
 }
 
-/* Stops a probe at exit; its tick is freed by the caller. */
+/*
+ * Stops an exec probe at exit (its group is SIGKILLed; the callback never
+ * comes, the loop being over); its tick is freed by the caller.
+ */
 void
 probe_cancel(struct watch_tick *t)
 {
 	if (t->run != NULL)
 		procrun_kill(t->run);
-	if (t->http != NULL)
-		probe_http_cancel(t);
 }
 
 /*

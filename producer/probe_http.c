@@ -9,7 +9,8 @@
  * evhttp frees a request after its callback and must not see its
  * connection freed inside one: the probe's state is its own allocation,
  * detached from the tick when the tick ends and freed on a later loop
- * turn with the connection.
+ * turn with the connection.  Every probe not yet freed is on a list, so
+ * the producer's exit frees them all.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include <jansson.h>
 
 #include "clock.h"
+#include "compat.h"
 #include "log.h"
 #include "producer.h"
 #include "xalloc.h"
@@ -29,6 +31,7 @@
 #define PROBE_HTTP_OUTPUT_MAX	1048576
 
 struct http_probe {
+	TAILQ_ENTRY(http_probe)		 entry;
 	struct watch_tick		*t;	/* NULL once the tick ended */
 	struct event_base		*base;
 	struct evhttp_connection	*evcon;
@@ -36,6 +39,11 @@ struct http_probe {
 	enum evhttp_request_error	 error;
 	int				 failed;
 };
+
+TAILQ_HEAD(http_probes, http_probe);
+
+/* Every probe not freed yet. */
+static struct http_probes	probes = TAILQ_HEAD_INITIALIZER(probes);
 
 static int	probe_http_conn(struct http_probe *, const char *, char *,
 		    size_t, char **, char *, size_t);
@@ -96,6 +104,7 @@ probe_http_start(struct watch_tick *t)
 	h->t = t;
 	h->base = t->p->base;
 	t->http = h;
+	TAILQ_INSERT_TAIL(&probes, h, entry);
 	t->started_ms = clock_ms();
 	h->timer = evtimer_new(h->base, probe_http_timer_cb, h);
 	if (h->timer == NULL || evtimer_add(h->timer, &tv) == -1)
@@ -127,15 +136,21 @@ probe_http_start(struct watch_tick *t)
 	free(target);
 }
 
-/* Stops a probe at exit: frees it now (the loop will not run again). */
+/*
+ * At exit (the loop will not run again): frees every probe, those of
+ * ticks still running and those ended but not yet freed.
+ */
 void
-probe_http_cancel(struct watch_tick *t)
+probe_http_free_all(void)
 {
-	struct http_probe	*h = t->http;
+	struct http_probe	*h;
 
-	t->http = NULL;
-	h->t = NULL;
-	probe_http_free_cb(-1, 0, h);
+	while ((h = TAILQ_FIRST(&probes)) != NULL) {
+		if (h->t != NULL)
+			h->t->http = NULL;
+		h->t = NULL;
+		probe_http_free_cb(-1, 0, h);
+	}
 }
 
 /* evhttp's error report; the request's own callback follows it. */
@@ -242,6 +257,7 @@ probe_http_free_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	TAILQ_REMOVE(&probes, h, entry);
 	if (h->evcon != NULL)
 		evhttp_connection_free(h->evcon);
 	event_free(h->timer);

@@ -86,6 +86,6 @@ void	probe_cancel(struct watch_tick *);
 
 /* probe_http.c */
 void	probe_http_start(struct watch_tick *);
-void	probe_http_cancel(struct watch_tick *);
+void	probe_http_free_all(void);
 
 #endif

@@ -227,4 +227,5 @@ watcher_free(struct producer *p)
 		probe_cancel(t);
 		watcher_tick_free(t);
 	}
+	probe_http_free_all();
 }

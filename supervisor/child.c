@@ -357,7 +357,7 @@ child_kill_tools(struct child *c)
 	for (i = 0; i < c->ntools; i++) {
 		if (killpg(c->tools[i], SIGKILL) == 0)
 			log_notice("%s pid %d: killed process group %d of its "
-			    "tool (exec program or MCP server)",
+			    "tool (exec program, MCP server or watcher probe)",
 			    child_name(c, name, sizeof(name)),
 			    (int)c->dead_pid, (int)c->tools[i]);
 		else if (errno != ESRCH)

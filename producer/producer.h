@@ -54,7 +54,7 @@ struct watch_tick {
 	char			*id;
 	char			*name;
 	char			*kind;		/* exec or http */
-	char			*slot;		/* as eav.watcher_claim gave it */
+	char			*slot;		/* as eav.watcher_claim said */
 	json_t			*config;	/* NULL if unreadable */
 	int			 timeout_ms;
 	int64_t			 started_ms;

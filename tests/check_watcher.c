@@ -25,8 +25,9 @@
 
 #define EAVD_CONF	"[supervisor]\nworkers = 1\n"
 #define DEADLINE_MS	20000
-#define ADD_SQL		"SELECT eav.watcher_add($1, $2, $3::jsonb, 'probe.hit', " \
-			"$4::integer, $5::integer, $6::integer, 'operator:test')"
+#define ADD_SQL		"SELECT eav.watcher_add($1, $2, $3::jsonb, " \
+			"'probe.hit', $4::integer, $5::integer, $6::integer, " \
+			"'operator:test')"
 
 /* Definitions eav.watcher_add refuses (22023), and why. */
 static const struct {
@@ -192,7 +193,6 @@ actor_pid(const char *actor)
 }
 
 /* Each bad definition: 22023 naming the field, nothing stored. */
-/* FM-094 */
 START_TEST(test_bad_input)
 {
 	struct th_db	 db;
@@ -272,7 +272,8 @@ END_TEST
 
 /*
  * A forked process that leases due watchers and completes each (watcher
- * "full" holds, any other does not) for until_ms milliseconds.  Exits 0, or 1 on a failed call.
+ * "full" holds, any other does not) for until_ms milliseconds.  Exits
+ * 0, or 1 on a failed call.
  */
 static pid_t
 ticker_start(const char *dsn, const char *actor, int until_ms)
@@ -369,7 +370,7 @@ END_TEST
  * that exits with another code (stderr in the reason) and one whose
  * stdout is not a JSON object.
  */
-/* FM-095 */
+/* FM-095, FM-096 */
 START_TEST(test_probe_timeout)
 {
 	struct th_db	 db;
@@ -426,16 +427,16 @@ END_TEST
  * is disabled with an alarm and ticks no more; an operator fixes the
  * target and enables it (eavctl: audited, alarm resolved) and it fires.
  */
-/* FM-096, FM-098 */
+/* FM-044, FM-096, FM-098 */
 START_TEST(test_disabled_then_enabled)
 {
 	struct th_db	 db;
 	struct th_eavd	 e;
 	char		 flag[256], script[1024], out[512], *cfg;
-	char		*enable[] = { th_bin("eavctl"), "-d", db.dsn, "watchers",
-			    "enable", "crashy", NULL };
-	char		*show[] = { th_bin("eavctl"), "-d", db.dsn, "watchers",
-			    "show", "crashy", NULL };
+	char		*enable[] = { th_bin("eavctl"), "-d", db.dsn,
+			    "watchers", "enable", "crashy", NULL };
+	char		*show[] = { th_bin("eavctl"), "-d", db.dsn,
+			    "watchers", "show", "crashy", NULL };
 	char		*nosuch[] = { th_bin("eavctl"), "-d", db.dsn,
 			    "watchers", "enable", "nosuch", NULL };
 	long long	 ticks;

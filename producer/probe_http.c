@@ -82,7 +82,7 @@ probe_http_conn(struct http_probe *h, const char *url, char *err,
 	query = evhttp_uri_get_query(uri);
 	*target = xasprintf("%s%s%s", path != NULL && *path != '\0' ? path :
 	    "/", query != NULL ? "?" : "", query != NULL ? query : "");
-	h->evcon = evhttp_connection_base_new(h->base, NULL, host,
+	h->evcon = evhttp_connection_base_new(h->base, h->t->p->dns, host,
 	    (unsigned short)port);
 	evhttp_uri_free(uri);
 	if (h->evcon == NULL)

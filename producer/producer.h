@@ -14,6 +14,7 @@
 #include "killswitch.h"
 #include "reconnect.h"
 
+struct evdns_base;
 struct http_probe;
 struct procrun;
 struct watch_tick;
@@ -37,6 +38,7 @@ struct producer {
 	struct event		*watch_ev;
 	struct event		*chld_ev;
 	struct watch_ticks	 ticks;		/* probes running */
+	struct evdns_base	*dns;		/* for http probes */
 	int			 nprobes;
 	struct event		*ctl_ev;
 	struct event		*sig_ev[2];

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <jansson.h>
 
@@ -206,7 +207,10 @@ watcher_tick_done(struct watch_tick *t, const char *outcome,
 	watcher_wake(p);
 }
 
-/* Creates the watcher timer and the SIGCHLD event of the probes. */
+/*
+ * Creates the watcher timer, the SIGCHLD event of the probes and the
+ * resolver of http probes (so a host name never blocks the loop).
+ */
 void
 watcher_init(struct producer *p)
 {
@@ -215,6 +219,11 @@ watcher_init(struct producer *p)
 	if (p->watch_ev == NULL)
 		fatalx("cannot create the watcher timer");
 	p->chld_ev = toolproc_init(p->base, 3);
+	p->dns = evdns_base_new(p->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+	    EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	if (p->dns == NULL)
+		log_warnx("no asynchronous resolver: http probes resolve host "
+		    "names blocking the loop");
 }
 
 /* Ends the probes still running (their ticks are redone elsewhere). */
@@ -228,4 +237,7 @@ watcher_free(struct producer *p)
 		watcher_tick_free(t);
 	}
 	probe_http_free_all();
+	if (p->dns != NULL)
+		evdns_base_free(p->dns, 0);
+	p->dns = NULL;
 }

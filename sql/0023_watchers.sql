@@ -434,9 +434,10 @@ END;
 $$;
 COMMENT ON FUNCTION eav.watcher_claim(text, integer) IS 'Producer step: leases up to p_limit due watchers (FOR UPDATE SKIP LOCKED, not under a live lease) for the newest slot due, and returns what to probe. An expired lease is audited watcher.lease_expired and its tick redone.';
 
+-- Volatile: it reads the clock, not only the snapshot.
 CREATE FUNCTION eav.watcher_wait_ms()
 RETURNS bigint
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql AS $$
     SELECT greatest(0, ceil(extract(epoch FROM
                min(greatest(next_tick_at, lease_until)) - clock_timestamp()) * 1000))::bigint
     FROM eav.watchers WHERE state = 'active';

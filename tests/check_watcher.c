@@ -271,6 +271,74 @@ START_TEST(test_lease_fencing)
 END_TEST
 
 /*
+ * eavctl watchers: add (bad input is exit 2 with the reason), list,
+ * show, disable, enable and rm, each audited; unknown is exit 3.
+ */
+START_TEST(test_eavctl_watchers)
+{
+	struct th_db	 db;
+	char		 out[512];
+	char		*add[] = { th_bin("eavctl"), "-d", db.dsn, "watchers",
+			    "add", "-i", "5000", "-t", "1000", "-n", "4", "-T",
+			    "disk.full", "disk", "exec",
+			    "{\"argv\": [\"/bin/true\", \"--quick\"]}", NULL };
+	char		*badadd[] = { th_bin("eavctl"), "-d", db.dsn,
+			    "watchers", "add", "-i", "0", "x", "exec",
+			    "{\"argv\": [\"/bin/true\"]}", NULL };
+	char		*list[] = { th_bin("eavctl"), "-d", db.dsn, "watchers",
+			    NULL };
+	char		*show[] = { th_bin("eavctl"), "-d", db.dsn, "watchers",
+			    "show", "disk", NULL };
+	char		*disable[] = { th_bin("eavctl"), "-d", db.dsn,
+			    "watchers", "disable", "disk", NULL };
+	char		*enable[] = { th_bin("eavctl"), "-d", db.dsn,
+			    "watchers", "enable", "disk", NULL };
+	char		*rm[] = { th_bin("eavctl"), "-d", db.dsn, "watchers",
+			    "rm", "disk", NULL };
+	int		 st;
+
+	th_db_new(&db);
+	snprintf(out, sizeof(out), "%s/%s-ctl.out", th_tmpdir(), db.name);
+	ck_assert_int_eq(th_run(add, out), 0);
+	ck_assert(th_file_contains(out, "watcher disk added; first tick"));
+	st = th_run(badadd, out);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+	ck_assert(th_file_contains(out, "watcher interval: must be from "
+	    "1000 ms"));
+	ck_assert_int_eq(th_run(list, out), 0);
+	ck_assert(th_file_contains(out, "/bin/true --quick"));
+	ck_assert(th_file_contains(out, "5000/1000"));
+	ck_assert_int_eq(th_run(show, out), 0);
+	ck_assert(th_file_contains(out, "event_type          disk.full"));
+	ck_assert(th_file_contains(out, "consecutive_errors  0/4"));
+	ck_assert_int_eq(th_run(disable, out), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.watchers "
+	    "WHERE state = 'disabled' AND next_tick_at IS NULL AND "
+	    "disabled_reason = 'by an operator'", 0), 1);
+	st = th_run(disable, out);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+	ck_assert(th_file_contains(out, "watcher \"disk\" is disabled"));
+	ck_assert_int_eq(th_run(enable, out), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.watchers "
+	    "WHERE state = 'active' AND next_tick_at IS NOT NULL", 0), 1);
+	ck_assert_int_eq(th_run(rm, out), 0);
+	st = th_run(show, out);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3);
+	st = th_run(rm, out);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE type IN ('watcher.added', 'watcher.disabled', "
+	    "'watcher.enabled', 'watcher.removed') AND actor LIKE "
+	    "'operator:%'", 0), 4);
+	/* Its row stays for the record; the name is free again. */
+	ck_assert_int_eq(th_run(add, out), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.watchers",
+	    0), 2);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
  * A forked process that leases due watchers and completes each (watcher
  * "full" holds, any other does not) for until_ms milliseconds.  Exits
  * 0, or 1 on a failed call.
@@ -652,6 +720,7 @@ suite_watcher(void)
 	tcase_add_loop_test(tc, test_bad_input, 0,
 	    (int)(sizeof(bad) / sizeof(bad[0])));
 	tcase_add_test(tc, test_lease_fencing);
+	tcase_add_test(tc, test_eavctl_watchers);
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	tcase_add_test(live, test_holds_once_per_tick);

@@ -189,7 +189,7 @@ watcher_tick_done(struct watch_tick *t, const char *outcome,
 
 	if (error != NULL)
 		log_info("watcher %s slot %s: %s", t->name, t->slot, error);
-	if (!db_is_connected(&p->db) || p->stopping) {
+	if (!db_is_connected(&p->db)) {
 		log_warnx("watcher %s slot %s: outcome %s not recorded (no "
 		    "database); the tick is redone when its lease runs out",
 		    t->name, t->slot, outcome);

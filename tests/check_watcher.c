@@ -435,8 +435,8 @@ END_TEST
 /*
  * A probe that hangs is killed at its time-out, its whole group with it:
  * a tick error, counted and audited with the reason; so are a probe
- * that exits with another code (stderr in the reason) and one whose
- * stdout is not a JSON object.
+ * that exits with another code (stderr in the reason), one whose stdout
+ * is not a JSON object and one that cannot be started.
  */
 /* FM-095, FM-096 */
 START_TEST(test_probe_timeout)
@@ -457,6 +457,8 @@ START_TEST(test_probe_timeout)
 	add_watcher(db.conn, "hang", "exec", hang, 1000, 300, 100);
 	add_watcher(db.conn, "bad", "exec", code3, 1000, 500, 100);
 	add_watcher(db.conn, "garbage", "exec", garbage, 1000, 500, 100);
+	add_watcher(db.conn, "missing", "exec", "{\"argv\": "
+	    "[\"/nonexistent/probe\"]}", 1000, 500, 100);
 	ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT min(errors) >= 2 "
 	    "FROM eav.watchers", 0), "too few errors; see %s", e.log);
 	th_eavd_stop_ok(&e);
@@ -468,6 +470,9 @@ START_TEST(test_probe_timeout)
 	assert_text(db.conn, "SELECT last_error FROM eav.watchers "
 	    "WHERE name = 'garbage'", NULL, "stdout is not a JSON object: not "
 	    "an object");
+	assert_text(db.conn, "SELECT last_error FROM eav.watchers WHERE name "
+	    "= 'missing'", NULL, "cannot run /nonexistent/probe: execve: No "
+	    "such file or directory");
 	/* Each error audited with its reason and the running count. */
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
 	    " WHERE type = 'watcher.tick_error' AND outcome = 'failure' AND "
@@ -668,10 +673,12 @@ START_TEST(test_producer_killed_mid_probe)
 	add_watcher(db.conn, "slow", "exec", cfg, 4000, 3000, 3);
 	ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT lease_by IS NOT "
 	    "NULL FROM eav.watchers", 0), "never leased; see %s", e.log);
-	while (th_count_live(zz, NULL, NULL) == 0)
+	while (th_count_live(zz, NULL, NULL) == 0) {
 		ck_assert_msg(th_ll(db.conn, "SELECT count(*) FROM "
 		    "eav.watchers WHERE lease_by IS NOT NULL", 0) == 1,
 		    "the probe ended before it was seen");
+		th_pause_ms(2);
+	}
 	actor = th_str(db.conn, "SELECT lease_by FROM eav.watchers", 0);
 	producer = actor_pid(actor);
 	ck_assert_int_eq(kill(producer, SIGKILL), 0);

@@ -14,8 +14,9 @@
  *    that many process groups of ours).
  *  - A probe whose outcome cannot be recorded (the connection is gone)
  *    is dropped: its lease runs out and a producer ticks again.
- *  - At exit the probes still running are killed (toolproc.c's exit
- *    handler); their ticks are redone the same way.
+ *  - At exit the probes still running are killed and, if the database
+ *    is there, their leases given back (eav.watcher_release), so another
+ *    producer ticks at once; else their leases run out as above.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@ static long long watcher_wait_ms(struct producer *);
 static struct watch_tick *watcher_tick_new(struct producer *, PGresult *,
 		    int);
 static void	watcher_tick_free(struct watch_tick *);
+static void	watcher_release(struct producer *);
 
 /* Arms the timer to tick in ms milliseconds (at most schedule_interval). */
 static void
@@ -226,16 +228,40 @@ watcher_init(struct producer *p)
 		    "names blocking the loop");
 }
 
+/* Gives back the leases of the probes killed at exit. */
+static void
+watcher_release(struct producer *p)
+{
+	PGresult	*res = NULL;
+	const char	*params[1] = { p->actor };
+
+	if (!db_is_connected(&p->db))
+		return;
+	if (db_call(&p->db, DB_WATCHER_RELEASE, params, &res) != DB_OK) {
+		log_warnx("cannot give back the watcher leases: %s",
+		    p->db.errmsg);
+		return;
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+		log_info("gave back %s watcher lease(s)",
+		    PQgetvalue(res, 0, 0));
+	PQclear(res);
+}
+
 /* Ends the probes still running (their ticks are redone elsewhere). */
 void
 watcher_free(struct producer *p)
 {
 	struct watch_tick	*t, *next;
+	int			 killed = 0;
 
 	TAILQ_FOREACH_SAFE(t, &p->ticks, entry, next) {
 		probe_cancel(t);
 		watcher_tick_free(t);
+		killed++;
 	}
+	if (killed > 0)
+		watcher_release(p);
 	probe_http_free_all();
 	if (p->dns != NULL)
 		evdns_base_free(p->dns, 0);

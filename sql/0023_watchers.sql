@@ -30,8 +30,10 @@
 -- inbox's dedupe on (source, event_key) would refuse a second event of
 -- the slot anyway.  A producer killed mid-probe (eavd kills the probe's
 -- process group) leaves a lease that runs out; the next claim audits
--- watcher.lease_expired and ticks again.  Slots missed while no producer
--- ran are not caught up: a watcher checks the present.
+-- watcher.lease_expired and ticks again; one that stops gracefully kills
+-- its probes and gives its leases back (eav.watcher_release).  Slots
+-- missed while no producer ran are not caught up: a watcher checks the
+-- present.
 --
 -- Tick errors (the probe could not start, timed out, crashed, exited
 -- with another code, wrote what is not a JSON object, or the HTTP target
@@ -434,6 +436,30 @@ END;
 $$;
 COMMENT ON FUNCTION eav.watcher_claim(text, integer) IS 'Producer step: leases up to p_limit due watchers (FOR UPDATE SKIP LOCKED, not under a live lease) for the newest slot due, and returns what to probe. An expired lease is audited watcher.lease_expired and its tick redone.';
 
+-- A producer that stops (its probes killed) gives its ticks back, so
+-- the next producer need not wait for the leases to run out.
+CREATE FUNCTION eav.watcher_release(p_actor text)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    w eav.watchers;
+    v_n integer := 0;
+BEGIN
+    FOR w IN SELECT * FROM eav.watchers x WHERE x.lease_by = p_actor
+             ORDER BY x.id FOR UPDATE LOOP
+        UPDATE eav.watchers SET tick_slot = NULL, lease_by = NULL,
+            lease_until = NULL
+        WHERE id = w.id;
+        PERFORM eav.audit('watcher.lease_released', 'success', p_actor, NULL,
+            NULL, NULL, jsonb_build_object('watcher', w.name, 'watcher_id', w.id,
+                'slot', w.tick_slot, 'reason', 'the producer stopped; its probe was killed'));
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN v_n;
+END;
+$$;
+COMMENT ON FUNCTION eav.watcher_release(text) IS 'Producer step at a graceful stop: ends the leases p_actor holds (its probes are killed, their outcomes never recorded), audited watcher.lease_released, so the ticks are claimed again at once.';
+
 -- Volatile: it reads the clock, not only the snapshot.
 CREATE FUNCTION eav.watcher_wait_ms()
 RETURNS bigint
@@ -597,7 +623,7 @@ COMMENT ON COLUMN eav.proj_watchers.disabled_reason IS 'Why it is disabled.';
 
 INSERT INTO eav.role_functions (role, function)
 SELECT 'eav_producer', f FROM unnest(ARRAY['watcher_claim', 'watcher_done',
-    'watcher_wait_ms']) f
+    'watcher_wait_ms', 'watcher_release']) f
 UNION ALL
 SELECT 'eav_operator', f FROM unnest(ARRAY['watcher_add', 'watcher_enable',
     'watcher_disable', 'watcher_remove', 'watcher_get']) f;

@@ -717,6 +717,48 @@ START_TEST(test_producer_killed_mid_probe)
 }
 END_TEST
 
+/*
+ * A producer stopped gracefully mid-probe kills the probe and gives its
+ * lease back: the tick is free at once, nothing left running.
+ */
+/* FM-099 */
+START_TEST(test_stop_releases_lease)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	char		 script[128], zz[32], *cfg;
+	long long	 deadline = th_now_ms() + DEADLINE_MS;
+
+	th_db_new(&db);
+	sleep_arg(zz, sizeof(zz));
+	snprintf(script, sizeof(script), "/bin/sleep %s", zz);
+	cfg = sh_config(db.conn, script);
+	th_eavd_conf(&e, &db, EAVD_CONF);
+	th_eavd_up(&e, db.conn, 1);
+	add_watcher(db.conn, "long", "exec", cfg, 60000, 50000, 3);
+	PQclear(th_exec(db.conn, "UPDATE eav.watchers SET next_tick_at = "
+	    "now()", 0));
+	PQclear(th_exec(db.conn, "SELECT pg_notify('eav_watchers', 'long')",
+	    0));
+	ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT lease_by IS NOT "
+	    "NULL FROM eav.watchers", 0), "never leased; see %s", e.log);
+	while (th_count_live(zz, NULL, NULL) == 0) {
+		ck_assert_msg(th_now_ms() < deadline, "no probe running");
+		th_pause_ms(2);
+	}
+	th_eavd_stop_ok(&e);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.watchers "
+	    "WHERE lease_by IS NULL AND next_tick_at <= now() AND ticks = 0",
+	    0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE type = 'watcher.lease_released' AND actor LIKE "
+	    "'producer:%'", 0), 1);
+	ck_assert_int_eq(th_count_live(zz, NULL, NULL), 0);
+	free(cfg);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_watcher(void)
 {
@@ -735,6 +777,7 @@ suite_watcher(void)
 	tcase_add_test(live, test_disabled_then_enabled);
 	tcase_add_test(live, test_http_probes);
 	tcase_add_test(live, test_producer_killed_mid_probe);
+	tcase_add_test(live, test_stop_releases_lease);
 	tcase_set_timeout(live, 120);
 	suite_add_tcase(s, live);
 	return s;

@@ -50,6 +50,8 @@ COMMON_SRCS =	common/clock.c \
 		common/log.c \
 		common/migrate.c \
 		common/spawn.c \
+		common/toolproc.c \
+		common/procrun.c \
 		common/xalloc.c \
 		inject/inject.c \
 		inject/inject_db.c
@@ -64,7 +66,6 @@ WORKER_SRCS =	worker/main.c \
 		worker/conn.c \
 		worker/cycle.c \
 		worker/tools.c \
-		worker/toolproc.c \
 		worker/tool_exec.c \
 		worker/tool_http.c \
 		worker/tls.c \
@@ -72,7 +73,10 @@ WORKER_SRCS =	worker/main.c \
 		worker/jscan.c
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c \
-		producer/schedule.c
+		producer/schedule.c \
+		producer/watcher.c \
+		producer/probe.c \
+		producer/probe_http.c
 CTL_SRCS =	ctl/main.c \
 		ctl/cmd_task.c \
 		ctl/cmd_status.c \
@@ -88,6 +92,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_audit.c \
 		ctl/cmd_diagnose.c \
 		ctl/cmd_schedule.c \
+		ctl/cmd_watcher.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \
@@ -116,7 +121,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_redact.c \
 		tests/check_diagnose.c \
 		tests/check_schedule.c \
-		tests/check_ownership.c
+		tests/check_ownership.c \
+		tests/check_watcher.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

@@ -17,6 +17,12 @@
  */
 #define EAV_TOOL_SERVERS_MAX	8
 
+/*
+ * Watcher probes the producer runs at once: eavd sizes its list of the
+ * producer's process groups for them.
+ */
+#define EAV_PRODUCER_PROBES_MAX	32
+
 struct eav_config {
 	char	*path;			/* file read, or NULL for defaults */
 	char	*dsn;

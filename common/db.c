@@ -355,7 +355,7 @@ db_exec_literal(struct db *db, const char *literal)
  * Reads pending notifications and returns how many wake-ups they were; a
  * change of the armed injections only sets db->inject_changed, one of
  * the kill switches db->kill_changed, one of the schedules
- * db->sched_changed.
+ * db->sched_changed, one of the watchers db->watch_changed.
  */
 int
 db_drain_notifies(struct db *db)
@@ -372,6 +372,8 @@ db_drain_notifies(struct db *db)
 			db->kill_changed = 1;
 		else if (strcmp(n->relname, "eav_schedules") == 0)
 			db->sched_changed = 1;
+		else if (strcmp(n->relname, "eav_watchers") == 0)
+			db->watch_changed = 1;
 		else
 			count++;
 		PQfreemem(n);

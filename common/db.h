@@ -36,6 +36,7 @@ struct db {
 	int		 inject_changed;	/* NOTIFY eav_inject seen */
 	int		 kill_changed;	/* NOTIFY eav_kill_switch seen */
 	int		 sched_changed;	/* NOTIFY eav_schedules seen */
+	int		 watch_changed;	/* NOTIFY eav_watchers seen */
 };
 
 void		 db_set_user(const char *);

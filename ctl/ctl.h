@@ -85,6 +85,9 @@ int	cmd_diagnose(struct ctl *, int, char **);
 /* cmd_schedule.c */
 int	cmd_schedules(struct ctl *, int, char **);
 
+/* cmd_watcher.c */
+int	cmd_watchers(struct ctl *, int, char **);
+
 /* cmd_rehearse.c */
 int	cmd_rehearse(struct ctl *, int, char **);
 

@@ -63,6 +63,10 @@ static const struct ctl_cmd cmds[] = {
 	    "[-z tz] [-p skip|run_once|run_all] [-c cap] name cron queue kind "
 	    "steps_json | schedules pause|resume|remove name | "
 	    "schedules next name [n]" },
+	{ "watchers", cmd_watchers, "watchers [list] | watchers show name | "
+	    "watchers add [-i interval_ms] [-t timeout_ms] [-n threshold] "
+	    "[-T event_type] name exec|http config_json | "
+	    "watchers enable|disable|rm name" },
 	{ "rehearse", cmd_rehearse, "rehearse [-n kills] [-i interval_ms] "
 	    "[-p point] [-w wait_s] [-o postmortem.md]" },
 };

@@ -60,18 +60,22 @@ ingest_read_cb(evutil_socket_t fd, short what, void *arg)
 /*
  * Acts on NOTIFY eav_inject (loads the armed injections again),
  * eav_kill_switch (reads the switches; the ingest and the schedule tick
- * skip what they stop, and a release wakes both) and eav_schedules (a
- * schedule added or resumed: tick now).  Either call may read more
+ * skip what they stop, and a release wakes both), eav_schedules (a
+ * schedule added or resumed: tick now) and eav_watchers (the same for
+ * watchers).  Either call may read more
  * notifications, hence the loop.
  */
 static void
 ingest_reload(struct producer *p)
 {
 	while (db_is_connected(&p->db) && (p->db.inject_changed ||
-	    p->db.kill_changed || p->db.sched_changed)) {
+	    p->db.kill_changed || p->db.sched_changed ||
+	    p->db.watch_changed)) {
 		if (p->db.kill_changed || p->db.sched_changed)
 			schedule_wake(p);
-		p->db.sched_changed = 0;
+		if (p->db.watch_changed)
+			watcher_wake(p);
+		p->db.sched_changed = p->db.watch_changed = 0;
 		if ((p->db.kill_changed &&
 		    kill_observe(&p->db, p->actor, &p->kill) != DB_OK) ||
 		    (p->db.inject_changed &&
@@ -108,6 +112,7 @@ ingest_connect(struct producer *p)
 	}
 	if (db_exec(&p->db, "LISTEN eav_inbox") != DB_OK ||
 	    db_exec(&p->db, "LISTEN eav_schedules") != DB_OK ||
+	    db_exec(&p->db, "LISTEN eav_watchers") != DB_OK ||
 	    kill_observe(&p->db, p->actor, &p->kill) != DB_OK ||
 	    inject_db_subscribe(&p->db, "producer") == -1) {
 		db_close(&p->db);
@@ -133,6 +138,7 @@ ingest_up(void *arg, int64_t down_ms)
 	    (long long)down_ms);
 	ingest_wake(arg);
 	schedule_wake(arg);
+	watcher_wake(arg);
 }
 
 /* Drops the connection (rolling back any open batch) and reconnects. */

@@ -2,9 +2,10 @@
  * eav-producer: started by eavd as
  *   eav-producer -n NODE -i INCARNATION -s SLOT [--demo]
  * with its control socket on fd 3 (eavd first sends the configuration
- * there; EOF: eavd is gone).  --demo turns the
- * demo load on whatever producer.demo says.  SIGTERM and
- * SIGINT end it after the current batch; an open batch is rolled back.
+ * there; EOF: eavd is gone; the process groups of watcher probes are
+ * announced there too).  --demo turns the demo load on whatever
+ * producer.demo says.  SIGTERM and SIGINT end it after the current
+ * batch; an open batch is rolled back, running probes are killed.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -125,7 +126,7 @@ producer_free(struct producer *p)
 {
 	struct event	*evs[] = { p->sig_ev[0], p->sig_ev[1], p->ctl_ev,
 			    p->poll_ev, p->cycle_ev, p->demo_ev, p->sched_ev,
-			    p->db_ev };
+			    p->watch_ev, p->chld_ev, p->db_ev };
 	sigset_t	 block;
 	size_t		 i;
 
@@ -138,6 +139,7 @@ producer_free(struct producer *p)
 	sigaddset(&block, SIGINT);
 	(void)sigprocmask(SIG_BLOCK, &block, NULL);
 
+	watcher_free(p);
 	for (i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i] != NULL)
 			event_free(evs[i]);
@@ -178,6 +180,7 @@ main(int argc, char **argv)
 	producer_events(&p);
 	ingest_init(&p);
 	schedule_init(&p);
+	watcher_init(&p);
 	if (ingest_connect(&p) == -1)
 		ingest_lost(&p);
 	(void)INJECT(INJ_PRODUCER_STARTUP, 0, NULL);
@@ -189,6 +192,7 @@ main(int argc, char **argv)
 	ingest_wake(&p);
 	/* Catches up on the slots missed while no producer ran. */
 	schedule_wake(&p);
+	watcher_wake(&p);
 	if (event_base_dispatch(p.base) == -1)
 		fatalx("event loop failed");
 	producer_free(&p);

@@ -1,16 +1,24 @@
 /*
- * eav-producer: turns inbox events into tasks, fires schedules (and, with
- * demo on, generates a demo load into the inbox).
+ * eav-producer: turns inbox events into tasks, fires schedules, ticks
+ * watchers (and, with demo on, generates a demo load into the inbox).
  */
 #ifndef EAV_PRODUCER_PRODUCER_H
 #define EAV_PRODUCER_PRODUCER_H
 
 #include <event2/event.h>
+#include <jansson.h>
 
+#include "compat.h"
 #include "config.h"
 #include "db.h"
 #include "killswitch.h"
 #include "reconnect.h"
+
+struct evdns_base;
+struct http_probe;
+struct procrun;
+struct watch_tick;
+TAILQ_HEAD(watch_ticks, watch_tick);
 
 struct producer {
 	struct eav_config	 cfg;
@@ -27,10 +35,33 @@ struct producer {
 	struct event		*poll_ev;
 	struct event		*demo_ev;
 	struct event		*sched_ev;
+	struct event		*watch_ev;
+	struct event		*chld_ev;
+	struct watch_ticks	 ticks;		/* probes running */
+	struct evdns_base	*dns;		/* for http probes */
+	int			 nprobes;
 	struct event		*ctl_ev;
 	struct event		*sig_ev[2];
 	double			 demo_carry;
 	int			 stopping;
+};
+
+/*
+ * A watcher tick whose probe runs: claimed (leased) by watcher.c, probed
+ * by probe.c, recorded and freed by watcher_tick_done.
+ */
+struct watch_tick {
+	TAILQ_ENTRY(watch_tick)	 entry;
+	struct producer		*p;
+	char			*id;
+	char			*name;
+	char			*kind;		/* exec or http */
+	char			*slot;		/* as eav.watcher_claim said */
+	json_t			*config;	/* NULL if unreadable */
+	int			 timeout_ms;
+	int64_t			 started_ms;
+	struct procrun		*run;		/* exec */
+	struct http_probe	*http;		/* http */
 };
 
 /* ingest.c */
@@ -43,5 +74,20 @@ void	demo_init(struct producer *);
 /* schedule.c */
 void	schedule_init(struct producer *);
 void	schedule_wake(struct producer *);
+
+/* watcher.c */
+void	watcher_init(struct producer *);
+void	watcher_wake(struct producer *);
+void	watcher_tick_done(struct watch_tick *, const char *, const char *,
+	    const char *);
+void	watcher_free(struct producer *);
+
+/* probe.c */
+void	probe_start(struct watch_tick *);
+void	probe_cancel(struct watch_tick *);
+
+/* probe_http.c */
+void	probe_http_start(struct watch_tick *);
+void	probe_http_free_all(void);
 
 #endif

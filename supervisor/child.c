@@ -5,11 +5,12 @@
  * and hands it to policy.c; it never restarts anything itself.
  *
  * A worker tells us on fd 3 the process group of every program it runs
- * for an exec tool ("tool+ <pgid>" before the program may exec, "tool-
- * <pgid>" once it is over).  When the worker dies, the lines it left
- * unread are read, and every group still listed is SIGKILLed before its
- * steps are reconciled: an interrupted call must be dead before any
- * retry of it can start (shared/reliability.md A.7 rule 7).
+ * for an exec tool, and the producer of every watcher probe ("tool+
+ * <pgid>" before the program may exec, "tool- <pgid>" once it is over).
+ * When the child dies, the lines it left unread are read, and every
+ * group still listed is SIGKILLed before its steps are reconciled: an
+ * interrupted call must be dead before any retry of it can start
+ * (shared/reliability.md A.7 rule 7).
  */
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -120,7 +121,8 @@ child_close_ctl(struct child *c)
 
 /*
  * Sizes a worker's list of tool process groups for its concurrency and
- * its MCP servers: at spawn, since the crash path must not allocate.
+ * its MCP servers, and the producer's for its watcher probes: at spawn,
+ * since the crash path must not allocate.
  */
 static void
 child_tools_reset(struct child *c)
@@ -128,6 +130,10 @@ child_tools_reset(struct child *c)
 	if (c->kind == KIND_WORKER) {
 		c->maxtools = c->sup->cfg.worker_concurrency +
 		    2 * EAV_TOOL_SERVERS_MAX;
+		c->tools = xreallocarray(c->tools, (size_t)c->maxtools,
+		    sizeof(pid_t));
+	} else if (c->kind == KIND_PRODUCER) {
+		c->maxtools = EAV_PRODUCER_PROBES_MAX;
 		c->tools = xreallocarray(c->tools, (size_t)c->maxtools,
 		    sizeof(pid_t));
 	}
@@ -351,7 +357,7 @@ child_kill_tools(struct child *c)
 	for (i = 0; i < c->ntools; i++) {
 		if (killpg(c->tools[i], SIGKILL) == 0)
 			log_notice("%s pid %d: killed process group %d of its "
-			    "tool (exec program or MCP server)",
+			    "tool (exec program, MCP server or watcher probe)",
 			    child_name(c, name, sizeof(name)),
 			    (int)c->dead_pid, (int)c->tools[i]);
 		else if (errno != ESRCH)

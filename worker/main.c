@@ -131,20 +131,6 @@ worker_events(struct worker *w)
 		fatalx("cannot add poll timer");
 }
 
-/* Tells eavd "<what> <n>" on fd 3; 0, or -1 if it cannot hear us. */
-int
-worker_ctl_send(const char *what, long long n)
-{
-	char	line[64];
-	int	len;
-	ssize_t	r;
-
-	len = snprintf(line, sizeof(line), "%s %lld\n", what, n);
-	while ((r = write(3, line, (size_t)len)) == -1 && errno == EINTR)
-		;
-	return r == len ? 0 : -1;
-}
-
 /*
  * Stops claiming; running steps finish or are released.  An exec or MCP
  * call cannot be interrupted without making its outcome unknown, so it is
@@ -247,7 +233,7 @@ main(int argc, char **argv)
 	inject_db_init(w.cfg.dsn, w.actor, w.incarnation, 1);
 	w.queues = queues_literal(w.cfg.worker_queues);
 	worker_events(&w);
-	toolproc_init(&w);
+	w.chld_ev = toolproc_init(w.base, 3);
 	cycle_init(&w);
 	conn_init(&w);
 	if (conn_open(&w) == -1)

@@ -19,6 +19,8 @@
  *    once cannot reach is a descendant that left the program's group.
  *  - When the program ends, whatever it left in its group is SIGKILLed
  *    before "tool- <pgid>" is sent and the zombie reaped (toolproc.c).
+ *  - Pipes, deadline and output cap are procrun.c's; this file maps how
+ *    the program ended to the step's outcome.
  *  - Outcomes: exit 0 with JSON on stdout succeeded; exit 75 retryable;
  *    any other exit failed; output over max_output_bytes, or stdout that
  *    is not JSON (or not UTF-8), failed; killed by a signal, or by us at
@@ -27,92 +29,47 @@
  *    for a dead worker's step.  Nothing partial is ever kept.
  */
 #include <sys/types.h>
-#include <sys/wait.h>
 
 #include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <unistd.h>
 
 #include <event2/event.h>
 #include <jansson.h>
 
-#include "clock.h"
 #include "log.h"
+#include "procrun.h"
 #include "toolproc.h"
 #include "worker.h"
 #include "xalloc.h"
 
-#define EXEC_STDERR_KEEP	4096	/* bytes of stderr logged */
-#define EXEC_STDERR_IN_ERROR	256	/* of which in the step's error */
-#define EXEC_DRAIN_MS		1000	/* stdout EOF after the exit */
+#define EXEC_STDERR_IN_ERROR	256	/* bytes of stderr in the error */
 #define EXEC_EX_TEMPFAIL	75
 
-enum exec_kill { KILL_NONE, KILL_TIMEOUT, KILL_OVERSIZE };
-enum {
-	FD_IN = TP_IN,
-	FD_OUT = TP_OUT,
-	FD_ERR = TP_ERR,
-	FD_FAIL = TP_FAIL,
-	NFDS = TP_NFDS
-};
-
+/* A call in progress: what its callback needs. */
 struct exec_call {
-	TAILQ_ENTRY(exec_call)	 entry;
 	struct worker		*w;
 	struct step		*s;
 	char			*program;
-	struct toolproc		 p;		/* the program, its pipes */
-	enum exec_kill		 killed;
-	int			 late;		/* stdout open at the drain */
-	struct event		*ev[NFDS];
-	struct event		*timer;
-	char			*in;
-	size_t			 in_len, in_off;
-	char			*out;
-	size_t			 out_len, out_cap, max_output;
-	char			 err[EXEC_STDERR_KEEP];
-	size_t			 err_len, err_dropped;
-	struct spawn_failure	 failure;
-	size_t			 failure_len;
+	size_t			 max_output;
 };
 
-TAILQ_HEAD(exec_calls, exec_call);
-
 /* The calls not finished. */
-static struct exec_calls calls = TAILQ_HEAD_INITIALIZER(calls);
 static int		 ncalls;
 
 static int	exec_conf_parse(const char *, struct tool_conf *, char *,
 		    size_t);
 static char   **exec_env(const struct step *, json_t *);
-static int	exec_spawn(struct exec_call *, const struct tool_conf *);
-static void	exec_watch(struct exec_call *);
-static void	exec_io_cb(evutil_socket_t, short, void *);
-static void	exec_write_in(struct exec_call *);
-static void	exec_read_out(struct exec_call *);
-static void	exec_read_err(struct exec_call *);
-static void	exec_read_fail(struct exec_call *);
-static void	exec_close(struct exec_call *, int);
-static void	exec_timer_cb(evutil_socket_t, short, void *);
-static void	exec_kill(struct exec_call *, enum exec_kill);
-static void	exec_exited(struct toolproc *);
-static void	exec_check_done(struct exec_call *);
-static void	exec_finish(struct exec_call *);
-static enum step_outcome exec_outcome(struct exec_call *, json_t **,
-		    char *, size_t);
-static enum step_outcome exec_exit_code(struct exec_call *, json_t **,
-		    char *, size_t);
-static enum step_outcome exec_parse(struct exec_call *, json_t **, char *,
-		    size_t);
-static void	exec_log_stderr(const struct exec_call *);
-static struct exec_call *exec_call_new(struct worker *, struct step *,
-		    const struct tool_conf *);
-static void	exec_call_free(struct exec_call *);
+static void	exec_done(const struct procrun_result *, void *);
+static enum step_outcome exec_outcome(struct exec_call *,
+		    const struct procrun_result *, json_t **, char *, size_t);
+static enum step_outcome exec_exit_code(struct exec_call *,
+		    const struct procrun_result *, json_t **, char *, size_t);
+static enum step_outcome exec_parse(const struct procrun_result *,
+		    json_t **, char *, size_t);
+static void	exec_log_stderr(const struct exec_call *,
+		    const struct procrun_result *);
 
 /* Calls that have not finished. */
 int
@@ -163,327 +120,106 @@ exec_env(const struct step *s, json_t *names)
 	return envp;
 }
 
-/*
- * Forks the program (see the header for what it gets) and releases it.
- * Returns 0, or -1 with errno set if it could not be forked.
- */
-static int
-exec_spawn(struct exec_call *c, const struct tool_conf *conf)
-{
-	char	**envp = exec_env(c->s, conf->env);
-	int	  rc, saved;
-
-	c->p.exited = exec_exited;
-	c->p.arg = c;
-	rc = toolproc_spawn(&c->p, conf, envp);
-	saved = errno;
-	tool_strv_free(envp);
-	errno = saved;
-	return rc;
-}
-
-/* Watches the pipes, and the deadline of the call. */
+/* The program is over: completes the step with its outcome. */
 static void
-exec_watch(struct exec_call *c)
-{
-	struct event_base	*base = c->w->base;
-	struct timeval		 tv = clock_tv(c->s->timeout_ms);
-	int			 i;
-
-	for (i = 0; i < NFDS; i++) {
-		c->ev[i] = event_new(base, c->p.fds[i], (i == FD_IN ? EV_WRITE :
-		    EV_READ) | EV_PERSIST, exec_io_cb, c);
-		if (c->ev[i] == NULL || event_add(c->ev[i], NULL) == -1)
-			fatalx("cannot watch an exec pipe");
-	}
-	c->timer = evtimer_new(base, exec_timer_cb, c);
-	if (c->timer == NULL || evtimer_add(c->timer, &tv) == -1)
-		fatalx("cannot add an exec timer");
-}
-
-/* Closes one of the call's pipes. */
-static void
-exec_close(struct exec_call *c, int i)
-{
-	if (c->ev[i] != NULL) {
-		event_free(c->ev[i]);
-		c->ev[i] = NULL;
-	}
-	if (c->p.fds[i] != -1) {
-		close(c->p.fds[i]);
-		c->p.fds[i] = -1;
-	}
-}
-
-/* One of the call's pipes is ready. */
-static void
-exec_io_cb(evutil_socket_t fd, short what, void *arg)
+exec_done(const struct procrun_result *r, void *arg)
 {
 	struct exec_call	*c = arg;
-
-	(void)what;
-	if (fd == c->p.fds[FD_IN])
-		exec_write_in(c);
-	else if (fd == c->p.fds[FD_OUT])
-		exec_read_out(c);
-	else if (fd == c->p.fds[FD_ERR])
-		exec_read_err(c);
-	else if (fd == c->p.fds[FD_FAIL])
-		exec_read_fail(c);
-	/* Last: it may free c. */
-	exec_check_done(c);
-}
-
-/* Feeds the input; a program that closes its stdin early is its business. */
-static void
-exec_write_in(struct exec_call *c)
-{
-	ssize_t	n;
-
-	while (c->in_off < c->in_len) {
-		n = write(c->p.fds[FD_IN], c->in + c->in_off,
-		    c->in_len - c->in_off);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1 && errno == EAGAIN)
-			return;
-		if (n == -1)
-			break;
-		c->in_off += (size_t)n;
-	}
-	exec_close(c, FD_IN);
-}
-
-/* Reads stdout; one byte over the cap kills the program's group. */
-static void
-exec_read_out(struct exec_call *c)
-{
-	ssize_t	n;
-
-	for (;;) {
-		if (c->out_len == c->out_cap) {
-			c->out_cap = c->out_cap == 0 ? 4096 : c->out_cap * 2;
-			if (c->out_cap > c->max_output + 1)
-				c->out_cap = c->max_output + 1;
-			c->out = xreallocarray(c->out, c->out_cap, 1);
-		}
-		n = tool_read(c->p.fds[FD_OUT], c->out + c->out_len,
-		    c->out_cap - c->out_len);
-		if (n == -1)
-			return;
-		if (n == 0)
-			break;
-		c->out_len += (size_t)n;
-		if (c->out_len > c->max_output) {
-			exec_kill(c, KILL_OVERSIZE);
-			break;
-		}
-	}
-	exec_close(c, FD_OUT);
-}
-
-/* Keeps the first EXEC_STDERR_KEEP bytes of stderr, counts the rest. */
-static void
-exec_read_err(struct exec_call *c)
-{
-	char	buf[4096];
-	size_t	keep;
-	ssize_t	n;
-
-	for (;;) {
-		n = tool_read(c->p.fds[FD_ERR], buf, sizeof(buf));
-		if (n == -1)
-			return;
-		if (n == 0)
-			break;
-		keep = sizeof(c->err) - c->err_len;
-		if (keep > (size_t)n)
-			keep = (size_t)n;
-		memcpy(c->err + c->err_len, buf, keep);
-		c->err_len += keep;
-		c->err_dropped += (size_t)n - keep;
-	}
-	exec_close(c, FD_ERR);
-}
-
-/* Reads the child's report of a failure before exec; EOF: it exec'd. */
-static void
-exec_read_fail(struct exec_call *c)
-{
-	char	*p = (char *)&c->failure;
-	ssize_t	 n;
-
-	for (;;) {
-		if (c->failure_len == sizeof(c->failure))
-			break;
-		n = tool_read(c->p.fds[FD_FAIL], p + c->failure_len,
-		    sizeof(c->failure) - c->failure_len);
-		if (n == -1)
-			return;
-		if (n == 0)
-			break;
-		c->failure_len += (size_t)n;
-	}
-	exec_close(c, FD_FAIL);
-}
-
-/* SIGKILLs the program's whole group, once, remembering why. */
-static void
-exec_kill(struct exec_call *c, enum exec_kill why)
-{
-	if (c->killed != KILL_NONE || c->p.reaped || c->p.pid <= 0)
-		return;
-	c->killed = why;
-	toolproc_kill(&c->p, SIGKILL);
-}
-
-/*
- * Before the exit: the call's deadline.  After it: the pipes' (a process
- * that left the group may hold them open).
- */
-static void
-exec_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct exec_call	*c = arg;
-
-	(void)fd;
-	(void)what;
-	if (!c->p.reaped) {
-		log_warnx("step=%lld attempt=%d tool=%s: timed out after %d "
-		    "ms; killing process group %d", c->s->id, c->s->attempt,
-		    c->s->tool, c->s->timeout_ms, (int)c->p.pid);
-		exec_kill(c, KILL_TIMEOUT);
-		return;
-	}
-	c->late = c->p.fds[FD_OUT] != -1;
-	exec_close(c, FD_OUT);
-	exec_close(c, FD_ERR);
-	exec_close(c, FD_FAIL);
-	exec_check_done(c);
-}
-
-/* The program is reaped; its pipes get EXEC_DRAIN_MS to reach EOF. */
-static void
-exec_exited(struct toolproc *p)
-{
-	struct exec_call	*c = p->arg;
-	struct timeval		 tv = clock_tv(EXEC_DRAIN_MS);
-
-	exec_close(c, FD_IN);
-	evtimer_del(c->timer);
-	if ((c->p.fds[FD_OUT] != -1 || c->p.fds[FD_ERR] != -1 ||
-	    c->p.fds[FD_FAIL] != -1) && evtimer_add(c->timer, &tv) == -1)
-		fatalx("cannot add an exec timer");
-	exec_check_done(c);
-}
-
-/* Finishes the call once the program is reaped and its pipes closed. */
-static void
-exec_check_done(struct exec_call *c)
-{
-	if (!c->p.reaped || c->p.fds[FD_OUT] != -1 || c->p.fds[FD_ERR] != -1 ||
-	    c->p.fds[FD_FAIL] != -1)
-		return;
-	exec_finish(c);
-}
-
-/* Completes the step with the call's outcome and frees the call. */
-static void
-exec_finish(struct exec_call *c)
-{
 	struct step		*s = c->s;
 	struct worker		*w = c->w;
 	json_t			*result = NULL;
 	char			 err[1536];
 	enum step_outcome	 o;
 
-	o = exec_outcome(c, &result, err, sizeof(err));
+	o = exec_outcome(c, r, &result, err, sizeof(err));
 	/* The completion batch is JSON: snprintf must not have cut a
 	 * character in two. */
 	tool_utf8_trim(err);
-	exec_log_stderr(c);
-	exec_call_free(c);
+	exec_log_stderr(c, r);
+	free(c->program);
+	free(c);
+	ncalls--;
 	step_finish(s, o, result, o == OUT_SUCCEEDED ? NULL : err);
 	cycle_wake(w);
 }
 
 /* The outcome of an ended call; see the header for the mapping. */
 static enum step_outcome
-exec_outcome(struct exec_call *c, json_t **result, char *err, size_t len)
+exec_outcome(struct exec_call *c, const struct procrun_result *r,
+    json_t **result, char *err, size_t len)
 {
 	struct step	*s = c->s;
 
-	if (c->p.withdrawn) {
+	switch (r->end) {
+	case PROCRUN_WITHDRAWN:
 		s->ran = 0;
 		snprintf(err, len, "not started: eavd could not be told of "
 		    "the program's process group");
 		return OUT_RELEASE;
-	}
-	if (c->failure_len == sizeof(c->failure)) {
+	case PROCRUN_EXEC_FAILED:
 		s->ran = 0;
 		s->tool_error = 1;
 		snprintf(err, len, "cannot run %s: %s: %s", c->program,
-		    spawn_stage_name(c->failure.stage),
-		    strerror(c->failure.error));
+		    spawn_stage_name(r->failure.stage),
+		    strerror(r->failure.error));
 		return OUT_FAILED;
-	}
-	if (c->killed == KILL_OVERSIZE) {
+	case PROCRUN_OVERSIZE:
 		snprintf(err, len, "output larger than %zu bytes",
 		    c->max_output);
 		return OUT_FAILED;
-	}
-	if (c->killed == KILL_TIMEOUT) {
+	case PROCRUN_TIMED_OUT:
 		s->detected_by = "tool_timeout";
 		snprintf(err, len, "timed out after %d ms; its process group "
 		    "was killed", s->timeout_ms);
 		return OUT_UNKNOWN;
-	}
-	if (WIFSIGNALED(c->p.status)) {
+	case PROCRUN_SIGNALED:
 		s->detected_by = "tool_signal";
-		snprintf(err, len, "killed by signal %d (%s)",
-		    WTERMSIG(c->p.status), strsignal(WTERMSIG(c->p.status)));
+		snprintf(err, len, "killed by signal %d (%s)", r->code,
+		    strsignal(r->code));
 		return OUT_UNKNOWN;
+	default:
+		return exec_exit_code(c, r, result, err, len);
 	}
-	return exec_exit_code(c, result, err, len);
 }
 
 /* exit 0: the result; 75: retry; other: failed, with stderr's start. */
 static enum step_outcome
-exec_exit_code(struct exec_call *c, json_t **result, char *err, size_t len)
+exec_exit_code(struct exec_call *c, const struct procrun_result *r,
+    json_t **result, char *err, size_t len)
 {
-	int	 code = WEXITSTATUS(c->p.status);
 	char	*tail;
 
-	if (code == 0)
-		return exec_parse(c, result, err, len);
-	tail = tool_clean(c->err, c->err_len < EXEC_STDERR_IN_ERROR ?
-	    c->err_len : EXEC_STDERR_IN_ERROR);
-	snprintf(err, len, "exited with code %d%s%s%s", code,
-	    code == EXEC_EX_TEMPFAIL ? " (temporary failure)" : "",
+	if (r->code == 0)
+		return exec_parse(r, result, err, len);
+	tail = tool_clean(r->err, r->err_len < EXEC_STDERR_IN_ERROR ?
+	    r->err_len : EXEC_STDERR_IN_ERROR);
+	snprintf(err, len, "exited with code %d%s%s%s", r->code,
+	    r->code == EXEC_EX_TEMPFAIL ? " (temporary failure)" : "",
 	    *tail != '\0' ? "; stderr: " : "", tail);
 	free(tail);
-	c->s->tool_error = code == EXEC_EX_TEMPFAIL;
-	return code == EXEC_EX_TEMPFAIL ? OUT_RETRY : OUT_FAILED;
+	c->s->tool_error = r->code == EXEC_EX_TEMPFAIL;
+	return r->code == EXEC_EX_TEMPFAIL ? OUT_RETRY : OUT_FAILED;
 }
 
 /* stdout must be one JSON value, in UTF-8, with no duplicate keys. */
 static enum step_outcome
-exec_parse(struct exec_call *c, json_t **result, char *err, size_t len)
+exec_parse(const struct procrun_result *r, json_t **result, char *err,
+    size_t len)
 {
 	json_error_t	 jerr;
 	char		*why;
 
-	if (c->late) {
+	if (r->end == PROCRUN_LATE) {
 		snprintf(err, len, "stdout was still open %d ms after the "
 		    "program exited (a process it started left its process "
-		    "group)", EXEC_DRAIN_MS);
+		    "group)", PROCRUN_DRAIN_MS);
 		return OUT_FAILED;
 	}
-	if (c->out_len == 0) {
+	if (r->out_len == 0) {
 		snprintf(err, len, "stdout is empty: the result must be JSON");
 		return OUT_FAILED;
 	}
-	*result = json_loadb(c->out, c->out_len, JSON_DECODE_ANY |
+	*result = json_loadb(r->out, r->out_len, JSON_DECODE_ANY |
 	    JSON_REJECT_DUPLICATES, &jerr);
 	if (*result != NULL)
 		return OUT_SUCCEEDED;
@@ -496,9 +232,9 @@ exec_parse(struct exec_call *c, json_t **result, char *err, size_t len)
 
 /* Logs the kept stderr, line by line. */
 static void
-exec_log_stderr(const struct exec_call *c)
+exec_log_stderr(const struct exec_call *c, const struct procrun_result *r)
 {
-	const char	*p = c->err, *end = c->err + c->err_len, *nl;
+	const char	*p = r->err, *end = r->err + r->err_len, *nl;
 	char		*line;
 
 	while (p < end) {
@@ -509,51 +245,9 @@ exec_log_stderr(const struct exec_call *c)
 		free(line);
 		p = nl + 1;
 	}
-	if (c->err_dropped > 0)
+	if (r->err_dropped > 0)
 		log_info("step=%lld stderr: %zu more bytes not logged",
-		    c->s->id, c->err_dropped);
-}
-
-/* A call for step, on the list of calls (the caller frees it). */
-static struct exec_call *
-exec_call_new(struct worker *w, struct step *s, const struct tool_conf *conf)
-{
-	struct exec_call	*c = xcalloc(1, sizeof(*c));
-	char			*text;
-	int			 i;
-
-	c->w = w;
-	c->s = s;
-	c->program = xstrdup(conf->argv[0]);
-	c->max_output = conf->max_output;
-	for (i = 0; i < NFDS; i++)
-		c->p.fds[i] = -1;
-	if ((text = json_dumps(s->input, JSON_COMPACT)) == NULL)
-		fatalx("cannot encode the input of step %lld", s->id);
-	c->in = xasprintf("%s\n", text);
-	c->in_len = strlen(c->in);
-	free(text);
-	TAILQ_INSERT_TAIL(&calls, c, entry);
-	ncalls++;
-	return c;
-}
-
-/* Takes a call off the list and frees it, closing what is open. */
-static void
-exec_call_free(struct exec_call *c)
-{
-	int	i;
-
-	TAILQ_REMOVE(&calls, c, entry);
-	ncalls--;
-	for (i = 0; i < NFDS; i++)
-		exec_close(c, i);
-	if (c->timer != NULL)
-		event_free(c->timer);
-	free(c->program);
-	free(c->in);
-	free(c->out);
-	free(c);
+		    c->s->id, r->err_dropped);
 }
 
 /*
@@ -564,26 +258,51 @@ void
 exec_start(struct worker *w, struct step *s)
 {
 	struct tool_conf	 conf;
+	struct procrun_spec	 spec;
+	struct procrun		*run;
 	struct exec_call	*c;
-	char			 err[512];
+	char			 err[512], label[256], *text, *in, **envp;
 
 	if (exec_conf_parse(s->config, &conf, err, sizeof(err)) == -1) {
 		step_finish(s, OUT_FAILED, NULL, err);
 		return;
 	}
-	c = exec_call_new(w, s, &conf);
-	if (exec_spawn(c, &conf) == -1) {
+	if ((text = json_dumps(s->input, JSON_COMPACT)) == NULL)
+		fatalx("cannot encode the input of step %lld", s->id);
+	in = xasprintf("%s\n", text);
+	free(text);
+	envp = exec_env(s, conf.env);
+	snprintf(label, sizeof(label), "step=%lld attempt=%d tool=%s", s->id,
+	    s->attempt, s->tool);
+	memset(&spec, 0, sizeof(spec));
+	spec.argv = conf.argv;
+	spec.envp = envp;
+	spec.in = in;
+	spec.in_len = strlen(in);
+	spec.timeout_ms = s->timeout_ms;
+	spec.max_output = conf.max_output;
+	spec.limits = &conf.limits;
+	spec.label = label;
+	c = xcalloc(1, sizeof(*c));
+	c->w = w;
+	c->s = s;
+	c->program = xstrdup(conf.argv[0]);
+	c->max_output = conf.max_output;
+	run = procrun_start(w->base, &spec, exec_done, c);
+	free(in);
+	tool_strv_free(envp);
+	tool_conf_free(&conf);
+	if (run == NULL) {
 		snprintf(err, sizeof(err), "cannot start %s: %s", c->program,
 		    strerror(errno));
-		tool_conf_free(&conf);
-		exec_call_free(c);
+		free(c->program);
+		free(c);
 		log_warnx("step=%lld tool=%s: %s", s->id, s->tool, err);
 		step_finish(s, OUT_RETRY, NULL, err);
 		return;
 	}
-	tool_conf_free(&conf);
-	s->ran = !c->p.withdrawn;
+	ncalls++;
+	s->ran = procrun_ran(run);
 	log_debug("step=%lld attempt=%d tool=%s: started %s pid=%d", s->id,
-	    s->attempt, s->tool, c->program, (int)c->p.pid);
-	exec_watch(c);
+	    s->attempt, s->tool, c->program, (int)procrun_pid(run));
 }

@@ -139,6 +139,5 @@ int	mcp_servers(void);
 /* main.c */
 void	worker_stop(struct worker *, const char *);
 void	worker_maybe_exit(struct worker *);
-int	worker_ctl_send(const char *, long long);
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * Programs run by the worker's tools (see toolproc.h): their config, their
+ * Programs run by the worker's tools and the producer's probes (see
+ * toolproc.h): their config, their
  * environment, their spawn, their end, and the bytes they write.
  *
  * Invariants:
@@ -13,9 +14,9 @@
  *  - When a program ends, whatever it left in its group is SIGKILLed while
  *    its zombie still pins the group id (so the id cannot belong to anyone
  *    else yet); only then is "tool- <pgid>" sent and the zombie reaped.
- *  - The worker's children are all programs of its tools: every one of
- *    them is on the list below from its spawn to its reap, and a child
- *    that is not is reaped with a warning.
+ *  - The children of a process that calls toolproc_init are all its
+ *    programs: every one of them is on the list below from its spawn to
+ *    its reap, and a child that is not is reaped with a warning.
  */
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -34,7 +35,6 @@
 
 #include "log.h"
 #include "toolproc.h"
-#include "worker.h"
 #include "xalloc.h"
 
 #define TP_NPIPES	5	/* stdin, stdout, stderr, failure, go */
@@ -43,6 +43,8 @@ TAILQ_HEAD(toolprocs, toolproc);
 
 /* File-wide: the atexit handler must find the live programs. */
 static struct toolprocs	procs = TAILQ_HEAD_INITIALIZER(procs);
+/* Where eavd hears of process groups ("tool+"/"tool-" lines). */
+static int		ctl_fd = -1;
 
 static int	tool_conf_argv(json_t *, struct tool_conf *);
 static void	tool_conf_limits(json_t *, struct spawn_limits *);
@@ -53,6 +55,7 @@ static void	toolproc_release(struct toolproc *, int);
 static struct toolproc *toolproc_by_pid(pid_t);
 static void	toolproc_sigchld_cb(evutil_socket_t, short, void *);
 static void	toolproc_atexit(void);
+static int	toolproc_ctl_send(const char *, pid_t);
 static size_t	utf8_len(const unsigned char *, size_t);
 
 /* Kills the groups of programs still running when the worker exits. */
@@ -65,15 +68,37 @@ toolproc_atexit(void)
 		(void)killpg(p->pid, SIGKILL);
 }
 
-/* Watches SIGCHLD (the programs are the worker's only children). */
-void
-toolproc_init(struct worker *w)
+/*
+ * Watches SIGCHLD on base (the programs must be the caller's only
+ * children) and announces process groups to eavd on fd.  Returns the
+ * SIGCHLD event, which the caller frees.
+ */
+struct event *
+toolproc_init(struct event_base *base, int fd)
 {
-	w->chld_ev = evsignal_new(w->base, SIGCHLD, toolproc_sigchld_cb, w);
-	if (w->chld_ev == NULL || evsignal_add(w->chld_ev, NULL) == -1)
+	struct event	*ev;
+
+	ctl_fd = fd;
+	ev = evsignal_new(base, SIGCHLD, toolproc_sigchld_cb, NULL);
+	if (ev == NULL || evsignal_add(ev, NULL) == -1)
 		fatalx("cannot add the SIGCHLD event");
 	if (atexit(toolproc_atexit) != 0)
-		fatalx("cannot register the tool programs' exit handler");
+		fatalx("cannot register the programs' exit handler");
+	return ev;
+}
+
+/* Tells eavd "<what> <pgid>"; 0, or -1 if it cannot hear us. */
+static int
+toolproc_ctl_send(const char *what, pid_t pgid)
+{
+	char	line[64];
+	int	len;
+	ssize_t	r;
+
+	len = snprintf(line, sizeof(line), "%s %d\n", what, (int)pgid);
+	while ((r = write(ctl_fd, line, (size_t)len)) == -1 && errno == EINTR)
+		;
+	return r == len ? 0 : -1;
 }
 
 /* Reads argv from a config; -1 if it is unusable. */
@@ -236,7 +261,7 @@ toolproc_release(struct toolproc *p, int go)
 {
 	const char	byte = SPAWN_GO;
 
-	if (worker_ctl_send("tool+", p->pid) == 0) {
+	if (toolproc_ctl_send("tool+", p->pid) == 0) {
 		p->announced = 1;
 		if (write(go, &byte, 1) != 1)
 			p->withdrawn = 1;
@@ -350,7 +375,7 @@ toolproc_sigchld_cb(evutil_socket_t sig, short what, void *arg)
 		if ((p = toolproc_by_pid(si.si_pid)) != NULL) {
 			(void)killpg(p->pid, SIGKILL);
 			if (p->announced)
-				(void)worker_ctl_send("tool-", p->pid);
+				(void)toolproc_ctl_send("tool-", p->pid);
 		}
 		while (waitpid(si.si_pid, &status, 0) == -1)
 			if (errno != EINTR)

@@ -1,13 +1,14 @@
 /*
- * What the worker's tools that run programs share: tool_exec.c runs one
- * program per call, tool_mcp.c keeps one MCP server per tool.  Both read
- * argv, env, max_output_bytes and rlimits from the tool's config, give
- * the program only its allowlisted environment, spawn it through the one
+ * What every eav process that runs programs shares: the worker's tools
+ * (tool_exec.c runs one program per call, tool_mcp.c keeps one MCP
+ * server per tool) and the producer's probes (procrun.c).  They read
+ * argv, env, max_output_bytes and rlimits from a config, give the
+ * program only its allowlisted environment, spawn it through the one
  * recipe that tells eavd its process group before it may exec, and learn
  * of its end from the one SIGCHLD handler, which finds it by pid.
  */
-#ifndef EAV_WORKER_TOOLPROC_H
-#define EAV_WORKER_TOOLPROC_H
+#ifndef EAV_COMMON_TOOLPROC_H
+#define EAV_COMMON_TOOLPROC_H
 
 #include "compat.h"
 
@@ -24,7 +25,8 @@
 /* The parent's ends of a program's pipes, in toolproc.fds. */
 enum { TP_IN, TP_OUT, TP_ERR, TP_FAIL, TP_NFDS };
 
-struct worker;
+struct event;
+struct event_base;
 
 /* A tool's config, as eav.exec_config_check or mcp_config_check left it. */
 struct tool_conf {
@@ -35,7 +37,7 @@ struct tool_conf {
 };
 
 /*
- * A program the worker started.  From toolproc_spawn until it is reaped
+ * A program this process started.  From toolproc_spawn until it is reaped
  * it is on the list the SIGCHLD handler searches; the handler kills what
  * is left in its group, sends "tool- <pgid>", reaps it, sets reaped and
  * status, and calls exited (which may free it).
@@ -52,7 +54,7 @@ struct toolproc {
 	void			*arg;
 };
 
-void	 toolproc_init(struct worker *);
+struct event *toolproc_init(struct event_base *, int);
 int	 toolproc_spawn(struct toolproc *, const struct tool_conf *,
 	    char *const []);
 void	 toolproc_kill(struct toolproc *, int);

@@ -174,8 +174,8 @@ producer_pid(PGconn *c, pid_t old)
 
 	for (;;) {
 		pid = th_ll(c, "SELECT coalesce(max(pid), 0) FROM "
-		    "eav.proj_processes WHERE kind = 'producer' AND state = 'up' "
-		    "AND pid IS NOT NULL", 0);
+		    "eav.proj_processes WHERE kind = 'producer' AND "
+		    "state = 'up' AND pid IS NOT NULL", 0);
 		if (pid != 0 && pid != old && kill((pid_t)pid, 0) == 0)
 			return (pid_t)pid;
 		ck_assert_msg(th_now_ms() < deadline, "no producer came up "

@@ -74,6 +74,7 @@ WORKER_SRCS =	worker/main.c \
 PRODUCER_SRCS =	producer/main.c \
 		producer/ingest.c \
 		producer/schedule.c \
+		producer/classify.c \
 		producer/watcher.c \
 		producer/probe.c \
 		producer/probe_http.c

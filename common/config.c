@@ -78,6 +78,8 @@ static const struct cfg_option options[] = {
 	    1, 10000, 1),
 	OPT("producer", "schedule_interval", CFG_DURATION,
 	    producer_schedule_interval, "60s", 100, 3600000, 1),
+	OPT("producer", "classifier", CFG_STRING, producer_classifier, "",
+	    0, 128, 1),
 	OPT("audit", "seal_interval", CFG_DURATION, audit_seal_interval,
 	    "200ms", 10, 60000, 1),
 };

@@ -52,6 +52,7 @@ struct eav_config {
 	int	 producer_demo;
 	int	 producer_demo_rate;
 	int	 producer_schedule_interval;
+	char	*producer_classifier;	/* exec tool name, or "" */
 
 	int	 audit_seal_interval;
 };

@@ -140,6 +140,7 @@ producer_free(struct producer *p)
 	(void)sigprocmask(SIG_BLOCK, &block, NULL);
 
 	watcher_free(p);
+	classify_free(p);
 	for (i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i] != NULL)
 			event_free(evs[i]);
@@ -181,6 +182,7 @@ main(int argc, char **argv)
 	ingest_init(&p);
 	schedule_init(&p);
 	watcher_init(&p);
+	classify_init(&p);
 	if (ingest_connect(&p) == -1)
 		ingest_lost(&p);
 	(void)INJECT(INJ_PRODUCER_STARTUP, 0, NULL);

@@ -19,6 +19,8 @@ struct http_probe;
 struct procrun;
 struct watch_tick;
 TAILQ_HEAD(watch_ticks, watch_tick);
+struct classify_run;
+TAILQ_HEAD(classify_runs, classify_run);
 
 struct producer {
 	struct eav_config	 cfg;
@@ -39,7 +41,9 @@ struct producer {
 	struct event		*chld_ev;
 	struct watch_ticks	 ticks;		/* probes running */
 	struct evdns_base	*dns;		/* for http probes */
-	int			 nprobes;
+	int			 nprobes;	/* and classifiers */
+	struct classify_runs	 classify_runs;
+	int			 nclassify;
 	struct event		*ctl_ev;
 	struct event		*sig_ev[2];
 	double			 demo_carry;
@@ -89,5 +93,11 @@ void	probe_cancel(struct watch_tick *);
 /* probe_http.c */
 void	probe_http_start(struct watch_tick *);
 void	probe_http_free_all(void);
+
+/* classify.c */
+int	classify_enabled(const struct producer *);
+void	classify_init(struct producer *);
+void	classify_wake(struct producer *);
+void	classify_free(struct producer *);
 
 #endif

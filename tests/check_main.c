@@ -16,7 +16,8 @@ main(void)
 		    suite_inject, suite_supervisor, suite_crash, suite_exec,
 		    suite_http, suite_mcp, suite_kill,
 		    suite_governance, suite_audit, suite_redact,
-		    suite_diagnose, suite_schedule, suite_ownership };
+		    suite_diagnose, suite_schedule, suite_ownership,
+		    suite_events };
 	SRunner	*sr = srunner_create(NULL);
 	size_t	 i;
 	int	 failed;

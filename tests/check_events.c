@@ -53,18 +53,22 @@ static const struct {
 	    "event body: required field \"amount\" is missing" },
 	{ "shop", "order.created", NULL,
 	    "more than the limit of 300 bytes" },
-	{ "shop", "nosuch.type", "{}", "no route for event type \"nosuch.type\"" },
+	{ "shop", "nosuch.type", "{}", "no route for event type "
+	    "\"nosuch.type\"" },
 	{ "mallory", "order.created", "{\"id\": \"a1\", \"amount\": 1}",
-	    "source \"mallory\" may not send events of type \"order.created\"" },
+	    "source \"mallory\" may not send events of type "
+	    "\"order.created\"" },
 	{ "shop", "order.created", "{\"id\": \"a1\", \"amount\": 1, "
-	    "\"tier\": \"silver\"}", "field \"tier\" is \"silver\", not one of" },
+	    "\"tier\": \"silver\"}", "field \"tier\" is \"silver\", not one "
+	    "of" },
 	{ "shop", "order.created", "{\"id\": \"a123456789\", \"amount\": 1}",
 	    "field \"id\" is 10 characters long" },
 	{ "shop", "order.created", "[1]", "event body must be a JSON object" },
 	{ "shop", "order.created", "{\"id\": \"a1\", \"amount\": 1, "
 	    "\"coupon\": 1}", "unknown field \"coupon\" in event body" },
 	{ "shop", "order.created", "{\"id\": \"a1\", \"amount\": 1, "
-	    "\"qty\": 1.5}", "field \"qty\" must be an integer, not a fraction" },
+	    "\"qty\": 1.5}", "field \"qty\" must be an integer, not a "
+	    "fraction" },
 	{ "shop", "order.created", "{\"id\": \"a1\", \"amount\": -1}",
 	    "field \"amount\" is -1, outside minimum 0" },
 	{ "shop", "order.created", "{\"id\": \"a1\", \"amount\": 1, "
@@ -145,7 +149,8 @@ static const struct {
 	{ "r", "order.created", "[]", "{\"kind\": \"k\", \"steps\": "
 	    "[{\"tool\": \"nosuch\"}]}", "60",
 	    "task template: step 1: unknown tool \"nosuch\"" },
-	{ "r", "order.created", "[]", "{\"queue\": \"nosuch\", \"kind\": \"k\", "
+	{ "r", "order.created", "[]", "{\"queue\": \"nosuch\", \"kind\": "
+	    "\"k\", "
 	    "\"steps\": [{\"tool\": \"noop\"}]}", "60",
 	    "task template: unknown queue \"nosuch\"" },
 	{ "r", "order.created", "[]", "{\"kind\": \"k\", \"steps\": "
@@ -295,7 +300,8 @@ complete_emitting(PGconn *c)
 	    "'id', c.step_id, 'epoch', c.claim_epoch, 'outcome', 'succeeded', "
 	    "'result', jsonb_build_object('emit', jsonb_build_array("
 	    "jsonb_build_object('source', 'loop', 'type', 'ping', 'event_key', "
-	    "'p-' || c.step_id, 'body', jsonb_build_object('n', c.step_id)))))),"
+	    "'p-' || c.step_id, 'body', jsonb_build_object('n', "
+	    "c.step_id)))))),"
 	    " '[]')::text FROM eav.claim('n1', 1, 7, 100) c", 0);
 	n = (int)th_ll(c, "SELECT jsonb_array_length($1::jsonb)", 1, batch);
 	PQclear(th_exec(c, "SELECT * FROM eav.complete_batch('w', $1::jsonb)",
@@ -527,7 +533,8 @@ START_TEST(test_routing)
 	th_db_new(&db);
 	setup_orders(db.conn);
 	PQclear(th_exec(db.conn, "SELECT eav.rule_add('big', 'order.created', "
-	    "NULL, '[{\"field\": \"$.amount\", \"op\": \"gt\", \"value\": 100}, "
+	    "NULL, '[{\"field\": \"$.amount\", \"op\": \"gt\", \"value\": "
+	    "100}, "
 	    "{\"field\": \"$.tier\", \"op\": \"in\", \"value\": [\"basic\", "
 	    "\"gold\"]}]', '{\"kind\": \"big\", \"steps\": [{\"tool\": "
 	    "\"noop\"}]}', 5)", 0));
@@ -650,7 +657,8 @@ START_TEST(test_classifier_route_and_lease)
 	    "eav.tasks t ON t.id = i.task_id WHERE i.id = $1::bigint AND "
 	    "t.event_id = i.id AND t.kind = 'basic'", 1, a), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
-	    "WHERE type = 'classifier.routed' AND payload->>'rule' = 'gold' AND "
+	    "WHERE type = 'classifier.routed' AND payload->>'rule' = 'gold' "
+	    "AND "
 	    "payload->>'event_id' = $1", 1, a), 1);
 	/* producer:one died: its lease on b lapses, another takes it. */
 	PQclear(th_exec(db.conn, "UPDATE eav.inbox SET lease_until = now() - "
@@ -719,7 +727,8 @@ START_TEST(test_storm_gate)
 	ck_assert_int_gt(th_ll(db.conn, "SELECT eav.event_release($1::bigint, "
 	    "'operator:test')", 1, h1), 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.inbox i JOIN "
-	    "eav.tasks t ON t.id = i.task_id AND t.event_id = i.id WHERE i.id = "
+	    "eav.tasks t ON t.id = i.task_id AND t.event_id = i.id WHERE i.id "
+	    "= "
 	    "$1::bigint AND i.state = 'accepted'", 1, h1), 1);
 	ck_assert_str_eq(th_err(db.conn, "SELECT eav.event_drop($1::bigint, "
 	    "'')", 1, h2), "22023: a reason (1 to 1000 characters) is "
@@ -831,7 +840,8 @@ START_TEST(test_self_trigger_depth)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT max(depth) FROM eav.tasks", 0),
 	    3);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.inbox WHERE "
-	    "state = 'refused' AND depth = 4 AND task_id IS NULL AND error LIKE "
+	    "state = 'refused' AND depth = 4 AND task_id IS NULL AND error "
+	    "LIKE "
 	    "'recursion limit: depth 4 is more than max_depth 3%'", 0), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
 	    "WHERE type = 'loop.blocked' AND payload->>'reason' = 'depth'", 0),
@@ -844,14 +854,17 @@ START_TEST(test_self_trigger_depth)
 	PQclear(th_exec(db.conn, "SELECT eav.queue_set_recursion('default', "
 	    "100, 4)", 0));
 	PQclear(th_exec(db.conn, "INSERT INTO eav.inbox (source, event_key, "
-	    "type, body, trace_id, parent_task_id, depth) SELECT 'loop', 'fan', "
-	    "'ping', '{}', trace_id, id, depth + 1 FROM eav.tasks WHERE depth = "
+	    "type, body, trace_id, parent_task_id, depth) SELECT 'loop', "
+	    "'fan', "
+	    "'ping', '{}', trace_id, id, depth + 1 FROM eav.tasks WHERE depth "
+	    "= "
 	    "2", 0));
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.inbox_ingest(10, 'producer:test') WHERE state = 'refused' AND "
 	    "error LIKE 'recursion limit: trace holds 4 tasks%'", 0), 1);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
-	    "WHERE type = 'loop.blocked' AND payload->>'reason' = 'fan_out'", 0),
+	    "WHERE type = 'loop.blocked' AND payload->>'reason' = "
+	    "'fan_out'", 0),
 	    1);
 	th_db_free(&db);
 }

@@ -1421,6 +1421,38 @@ SELECT r.name, r.type, r.source, r.priority, r.state, r.debounce_ms,
        r.last_fired_at, r.predicates, r.template
 FROM eav.rules r WHERE r.state <> 'removed';
 COMMENT ON VIEW eav.proj_rules IS 'Rules not removed, with their firings, storm-gate blocks and events held now.';
+COMMENT ON COLUMN eav.proj_rules.name IS 'Rule name.';
+COMMENT ON COLUMN eav.proj_rules.type IS 'Event type it routes.';
+COMMENT ON COLUMN eav.proj_rules.source IS 'Source it routes; NULL: any.';
+COMMENT ON COLUMN eav.proj_rules.priority IS 'Lower is tried first.';
+COMMENT ON COLUMN eav.proj_rules.state IS 'enabled or disabled.';
+COMMENT ON COLUMN eav.proj_rules.debounce_ms IS 'Storm gate: least time between firings.';
+COMMENT ON COLUMN eav.proj_rules.max_per_minute IS 'Storm gate: firings allowed per minute.';
+COMMENT ON COLUMN eav.proj_rules.fires IS 'Tasks it created.';
+COMMENT ON COLUMN eav.proj_rules.blocks IS 'Events its storm gate held (gate.storm_block).';
+COMMENT ON COLUMN eav.proj_rules.held IS 'Events held by its gate now, waiting for eavctl events release|drop.';
+COMMENT ON COLUMN eav.proj_rules.last_fired_at IS 'When it last created a task.';
+COMMENT ON COLUMN eav.proj_rules.predicates IS 'Its predicates.';
+COMMENT ON COLUMN eav.proj_rules.template IS 'Its task template.';
+
+-- Diagnose ----------------------------------------------------------------
+
+-- As in 0019, now that eav.rules exists: only rules that can fire count.
+CREATE OR REPLACE FUNCTION eav.diag_rule_debounce() RETURNS eav.diagnosis
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_n bigint;
+BEGIN
+    SELECT count(*) INTO v_n FROM eav.rules
+    WHERE state = 'enabled' AND debounce_ms <= 0;
+    RETURN eav.diag('loop control', 'rule_debounce',
+        CASE WHEN v_n = 0 THEN 'ok' ELSE 'warning' END,
+        format('%s rule(s) without debounce', v_n),
+        jsonb_build_object('count', v_n),
+        'give each rule a debounce_ms (eavctl rules add -d); max_per_minute still bounds it');
+END;
+$$;
+COMMENT ON FUNCTION eav.diag_rule_debounce() IS 'loop control / rule_debounce: enabled rules of eav.rules without a debounce (warning).';
 
 -- Privileges --------------------------------------------------------------
 

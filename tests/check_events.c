@@ -11,6 +11,7 @@
  */
 #include <sys/wait.h>
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -987,6 +988,51 @@ START_TEST(test_kill_switch_routed)
 }
 END_TEST
 
+/*
+ * The same self-triggering rule with eavd running: a real worker runs an
+ * exec tool whose result emits the next ping, the producer routes it, and
+ * the storm gate holds the fifth firing.  Nothing runs after it.
+ */
+/* FM-093 */
+START_TEST(test_self_trigger_eavd)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.tool_register('pinger', 'exec', "
+	    "jsonb_build_object('argv', jsonb_build_array('/bin/sh', '-c', "
+	    "$1::text)), true, 10000)", 1, "cat >/dev/null; printf "
+	    "'{\"emit\": [{\"source\": \"loop\", \"type\": \"ping\", "
+	    "\"body\": {}}]}'"));
+	PQclear(th_exec(db.conn, "SELECT eav.event_type_set('ping', "
+	    "'{\"type\": \"object\"}')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.rule_add('echo', 'ping', NULL, "
+	    "'[]', '{\"kind\": \"echo\", \"steps\": [{\"tool\": "
+	    "\"pinger\"}]}', 100, 0, 4)", 0));
+	th_eavd_conf(&e, &db, "[supervisor]\nworkers = 1\n");
+	th_eavd_up(&e, db.conn, 1);
+	free(submit(db.conn, "loop", "start", "ping", "{}"));
+	ck_assert_msg(th_wait(db.conn, 60000, "SELECT count(*) = 1 FROM "
+	    "eav.inbox WHERE state = 'held'", 0), "no event held; see %s",
+	    e.log);
+	ck_assert_msg(th_wait(db.conn, 60000, "SELECT count(*) = 4 FROM "
+	    "eav.tasks WHERE state = 'succeeded'", 0), "tasks did not finish; "
+	    "see %s", e.log);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks", 0),
+	    4);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT max(depth) FROM eav.tasks", 0),
+	    3);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.inbox WHERE "
+	    "state = 'held' AND depth = 4 AND error LIKE 'storm gate: rate%'",
+	    0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms WHERE "
+	    "type = 'rule_storm' AND state = 'open'", 0), 1);
+	th_eavd_stop_ok(&e);
+	th_db_free(&db);
+}
+END_TEST
+
 /* eavctl event-types, rules and events: list, add, change, release. */
 /* FM-092 */
 START_TEST(test_eavctl_events)
@@ -1049,6 +1095,7 @@ suite_events(void)
 {
 	Suite	*s = suite_create("events");
 	TCase	*tc = tcase_create("events");
+	TCase	*live = tcase_create("events-eavd");
 
 	tcase_add_loop_test(tc, test_bad_events, 0,
 	    (int)(sizeof(bad_events) / sizeof(bad_events[0])));
@@ -1070,5 +1117,8 @@ suite_events(void)
 	tcase_add_test(tc, test_eavctl_events);
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
+	tcase_add_test(live, test_self_trigger_eavd);
+	tcase_set_timeout(live, 180);
+	suite_add_tcase(s, live);
 	return s;
 }

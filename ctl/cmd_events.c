@@ -142,6 +142,7 @@ events_drop(struct ctl *ctl, int argc, char **argv)
 	return 0;
 }
 
+/* eavctl events ...: dispatches on the verb; none lists. */
 int
 cmd_events(struct ctl *ctl, int argc, char **argv)
 {
@@ -243,6 +244,7 @@ rules_change(struct ctl *ctl, const char *verb, const char *name)
 	return 0;
 }
 
+/* eavctl rules ...: dispatches on the verb; none lists. */
 int
 cmd_rules(struct ctl *ctl, int argc, char **argv)
 {
@@ -312,6 +314,7 @@ types_add(struct ctl *ctl, int argc, char **argv)
 	return 0;
 }
 
+/* eavctl event-types ...: list or add. */
 int
 cmd_event_types(struct ctl *ctl, int argc, char **argv)
 {

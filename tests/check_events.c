@@ -1090,6 +1090,55 @@ START_TEST(test_eavctl_events)
 }
 END_TEST
 
+/*
+ * Least privilege: eav_producer may ingest and answer for the classifier
+ * but not add rules; eav_operator may manage rules and types and read the
+ * inbox through eavctl, but not ingest.
+ */
+START_TEST(test_roles)
+{
+	struct th_db	 db;
+	char		 pdsn[600], odsn[600], out[512];
+	PGconn		*p, *o;
+	char		*id;
+
+	th_db_new(&db);
+	setup_orders(db.conn);
+	snprintf(pdsn, sizeof(pdsn), "%s user=eav_producer", db.dsn);
+	snprintf(odsn, sizeof(odsn), "%s user=eav_operator", db.dsn);
+	snprintf(out, sizeof(out), "%s/%s-roles.out", th_tmpdir(), db.name);
+	p = th_connect(pdsn);
+	o = th_connect(odsn);
+	id = submit(db.conn, "shop", "k1", "order.created",
+	    "{\"id\": \"a1\", \"amount\": 5, \"tier\": \"basic\"}");
+	ck_assert_int_eq(th_ll(p, "SELECT count(*) FROM eav.inbox_ingest(10, "
+	    "'producer:test', true) WHERE state = 'classifying'", 0), 1);
+	ck_assert_int_eq(th_ll(p, "SELECT count(*) FROM "
+	    "eav.event_classify_take(10, 60000, 'producer:test')", 0), 1);
+	ck_assert_int_eq(th_ll(p, "SELECT count(*) FROM eav.event_classified("
+	    "$1::bigint, '{\"route\": \"gold\"}', NULL, 'producer:test') "
+	    "WHERE state = 'accepted'", 1, id), 1);
+	ck_assert(strncmp(th_err(p, "SELECT eav.rule_add('x', "
+	    "'order.created', NULL, '[]', $1::jsonb)", 1, NOOP_TEMPLATE),
+	    "42501: ", 7) == 0);
+	ck_assert(strncmp(th_err(o, "SELECT count(*) FROM eav.inbox_ingest(1, "
+	    "'operator:test')", 0), "42501: ", 7) == 0);
+	PQclear(th_exec(o, "SELECT eav.rule_add('any', 'order.created', NULL, "
+	    "'[]', $1::jsonb, 500)", 1, NOOP_TEMPLATE));
+	PQclear(th_exec(o, "SELECT eav.event_type_set('hook', '{\"type\": "
+	    "\"object\"}')", 0));
+	ck_assert_int_eq(ctl(odsn, out, "events", NULL), 0);
+	ck_assert(th_file_contains(out, "accepted"));
+	ck_assert_int_eq(ctl(odsn, out, "rules", "disable", "any", NULL), 0);
+	ck_assert_int_eq(ctl(odsn, out, "event-types", NULL), 0);
+	ck_assert(th_file_contains(out, "hook"));
+	PQfinish(o);
+	PQfinish(p);
+	free(id);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_events(void)
 {
@@ -1115,6 +1164,7 @@ suite_events(void)
 	tcase_add_test(tc, test_emit_replay_and_bad);
 	tcase_add_test(tc, test_kill_switch_routed);
 	tcase_add_test(tc, test_eavctl_events);
+	tcase_add_test(tc, test_roles);
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	tcase_add_test(live, test_self_trigger_eavd);

@@ -723,8 +723,8 @@ BEGIN
         RAISE EXCEPTION 'source "%" may not send events of type "%"', e.source, e.type
             USING ERRCODE = '22023';
     END IF;
-    v_cap := least(coalesce(t.max_bytes, eav.setting('max_event_bytes')),
-                   eav.setting('max_event_bytes'));
+    v_cap := eav.setting('max_event_bytes');
+    v_cap := least(coalesce(t.max_bytes, v_cap), v_cap);
     IF octet_length(e.body) > v_cap THEN
         RAISE EXCEPTION 'event body is % bytes, more than the limit of % bytes',
             octet_length(e.body), v_cap USING ERRCODE = '54000';
@@ -829,21 +829,23 @@ END;
 $$;
 COMMENT ON FUNCTION eav.event_clarify(eav.inbox, text, text) IS 'Creates the clarification task of an event (queue review, kind event.clarify, one event.clarify step that waits for an operator''s approval) with the event, the reason and its body (up to 64 KiB) as input.';
 
--- Records where an event ended.
-CREATE FUNCTION eav.event_settle(p_id bigint, p_state text, p_task bigint,
+-- Records where an event ended.  (plpgsql, not sql: its plans are kept.)
+CREATE FUNCTION eav.event_settle(e eav.inbox, p_state text, p_task bigint,
     p_rule bigint, p_error text)
 RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     UPDATE eav.inbox SET state = p_state, processed_at = now(), task_id = p_task,
         rule_id = coalesce(p_rule, rule_id), error = p_error,
         lease_until = NULL, lease_owner = NULL
-    WHERE id = p_id;
-    UPDATE eav.event_keys k SET task_id = p_task
-    FROM eav.inbox i
-    WHERE i.id = p_id AND p_task IS NOT NULL AND k.source = i.source
-      AND k.event_key = i.event_key AND k.event_id = p_id;
+    WHERE id = e.id;
+    IF p_task IS NOT NULL AND p_state <> 'deduped' THEN
+        UPDATE eav.event_keys SET task_id = p_task
+        WHERE source = e.source AND event_key = e.event_key AND event_id = e.id;
+    END IF;
+END;
 $$;
-COMMENT ON FUNCTION eav.event_settle(bigint, text, bigint, bigint, text) IS 'Sets an inbox event''s final (or waiting) state, task, rule and reason; the key''s claim gets the task.';
+COMMENT ON FUNCTION eav.event_settle(eav.inbox, text, bigint, bigint, text) IS 'Sets an inbox event''s final (or waiting) state, task, rule and reason; the key''s claim gets the task.';
 
 CREATE FUNCTION eav.event_payload(e eav.inbox) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
@@ -860,7 +862,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_task bigint := eav.event_clarify(e, p_reason, p_actor);
 BEGIN
-    PERFORM eav.event_settle(e.id, 'unrouted', v_task, NULL, p_reason);
+    PERFORM eav.event_settle(e, 'unrouted', v_task, NULL, p_reason);
     PERFORM eav.audit(p_audit, 'failure', p_actor, e.trace_id, v_task, NULL,
         eav.event_payload(e) || jsonb_build_object('reason', p_reason));
     RETURN v_task;
@@ -935,7 +937,7 @@ CREATE FUNCTION eav.event_fired(e eav.inbox, p_rule bigint, p_state text,
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM eav.event_settle(e.id, p_state, p_task, p_rule, p_error);
+    PERFORM eav.event_settle(e, p_state, p_task, p_rule, p_error);
     IF p_state <> 'held' THEN
         PERFORM eav.audit('event.ingested', CASE p_state WHEN 'accepted' THEN 'success'
                                                           ELSE 'refused' END,
@@ -972,7 +974,7 @@ BEGIN
         PERFORM eav.event_fired(e, r.id, state, task_id, error, p_actor);
     ELSIF p_classify THEN
         state := 'classifying';
-        PERFORM eav.event_settle(e.id, state, NULL, NULL, NULL);
+        PERFORM eav.event_settle(e, state, NULL, NULL, NULL);
         PERFORM eav.audit('event.classifying', 'success', p_actor, e.trace_id, NULL, NULL,
             eav.event_payload(e));
     ELSE
@@ -1061,7 +1063,7 @@ BEGIN
             SELECT * INTO v_n FROM eav.event_normalize(e);
             SELECT * INTO v_k FROM eav.event_key_claim(e, v_n.t);
             IF NOT v_k.claimed THEN
-                PERFORM eav.event_settle(e.id, 'deduped', v_k.dup_task, NULL, NULL);
+                PERFORM eav.event_settle(e, 'deduped', v_k.dup_task, NULL, NULL);
                 PERFORM eav.audit('event.deduped', 'success', p_actor, e.trace_id,
                     v_k.dup_task, NULL, eav.event_payload(e) - 'type');
                 state := 'deduped';
@@ -1077,7 +1079,7 @@ BEGIN
             WHEN data_exception OR integrity_constraint_violation
                  OR program_limit_exceeded OR invalid_parameter_value THEN
                 error := SQLERRM;
-                PERFORM eav.event_settle(e.id, 'rejected', NULL, NULL, SQLERRM);
+                PERFORM eav.event_settle(e, 'rejected', NULL, NULL, SQLERRM);
                 PERFORM eav.audit('event.ingested', 'failure', p_actor, e.trace_id, NULL,
                     NULL, eav.event_payload(e) || jsonb_build_object('error', SQLERRM));
                 state := 'rejected';
@@ -1294,7 +1296,7 @@ BEGIN
     END IF;
     -- The operator's decision opens the gate for this event only.
     SELECT * INTO v_f FROM eav.event_fire(e, e.body::jsonb, r.id, v_actor, false);
-    PERFORM eav.event_settle(e.id, v_f.state, v_f.task_id, r.id, v_f.error);
+    PERFORM eav.event_settle(e, v_f.state, v_f.task_id, r.id, v_f.error);
     PERFORM eav.audit('event.released', CASE WHEN v_f.task_id IS NULL THEN 'refused'
                                              ELSE 'success' END,
         v_actor, e.trace_id, v_f.task_id, NULL,
@@ -1317,7 +1319,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     e := eav.event_get(p_event_id, '{held}');
-    PERFORM eav.event_settle(e.id, 'dropped', NULL, NULL, 'dropped: ' || p_reason);
+    PERFORM eav.event_settle(e, 'dropped', NULL, NULL, 'dropped: ' || p_reason);
     PERFORM eav.audit('event.dropped', 'success', v_actor, e.trace_id, NULL, NULL,
         eav.event_payload(e) || jsonb_build_object('reason', p_reason,
             'rule_id', e.rule_id));

@@ -1034,7 +1034,7 @@ START_TEST(test_self_trigger_eavd)
 END_TEST
 
 /* eavctl event-types, rules and events: list, add, change, release. */
-/* FM-092 */
+/* FM-088, FM-092 */
 START_TEST(test_eavctl_events)
 {
 	struct th_db	 db;

@@ -1033,6 +1033,73 @@ START_TEST(test_self_trigger_eavd)
 }
 END_TEST
 
+/*
+ * A producer SIGKILLed before its COMMIT with routed, gated and unrouted
+ * events in its batch: nothing of the batch stays (no task, no firing
+ * counted, no held event, no clarification); restarted without the
+ * point, each event ends once: 20 routed, 5 fired and 15 held by the
+ * gate, 20 clarification tasks.
+ */
+/* FM-092, FM-090 */
+START_TEST(test_crash_mixed_routes)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+
+	th_db_new(&db);
+	PQclear(th_exec(db.conn, "SELECT eav.event_type_set('hook', "
+	    "'{\"type\": \"object\", \"required\": [\"k\"]}')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.rule_add('routed', 'hook', NULL, "
+	    "'[{\"field\": \"$.k\", \"op\": \"eq\", \"value\": "
+	    "\"r\"}]', $1::jsonb, 100, 0, 1000)", 1, NOOP_TEMPLATE));
+	PQclear(th_exec(db.conn, "SELECT eav.rule_add('gated', 'hook', NULL, "
+	    "'[{\"field\": \"$.k\", \"op\": \"eq\", \"value\": "
+	    "\"g\"}]', $1::jsonb, 100, 0, 5)", 1, NOOP_TEMPLATE));
+	th_eavd_conf(&e, &db, "[supervisor]\nworkers = 1\n");
+	setenv("EAV_INJECT", "producer.after_task_before_ack=crash,count=1",
+	    1);
+	th_eavd_up(&e, db.conn, 1);
+	PQclear(th_exec(db.conn, "INSERT INTO eav.inbox (source, event_key, "
+	    "type, body) SELECT 'svc', 'e' || i, 'hook', jsonb_build_object("
+	    "'k', (ARRAY['r', 'g', 'u'])[i % 3 + 1])::text FROM "
+	    "generate_series(1, 60) i", 0));
+	ck_assert_msg(th_wait(db.conn, 60000, "SELECT count(*) > 0 FROM "
+	    "eav.audit_events WHERE type = 'process.exited' AND "
+	    "payload->>'kind' = 'producer' AND payload->>'detail' LIKE "
+	    "'%signal 9%'", 0), "the producer was not killed; see %s", e.log);
+	th_eavd_stop_ok(&e);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.inbox WHERE "
+	    "state <> 'new'", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT (SELECT count(*) FROM "
+	    "eav.tasks) + (SELECT sum(fires + blocks) FROM eav.rules) + "
+	    "(SELECT count(*) FROM eav.alarms WHERE type = 'rule_storm')", 0),
+	    0);
+	unsetenv("EAV_INJECT");
+	th_eavd_up(&e, db.conn, 1);
+	ck_assert_msg(th_wait(db.conn, 60000, "SELECT count(*) = 0 FROM "
+	    "eav.inbox WHERE state = 'new'", 0), "events left; see %s", e.log);
+	th_eavd_stop_ok(&e);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.inbox i JOIN "
+	    "eav.rules r ON r.id = i.rule_id AND r.name = 'routed' WHERE "
+	    "i.state = 'accepted'", 0), 20);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT fires * 100 + blocks FROM "
+	    "eav.rules WHERE name = 'gated'", 0), 515);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.inbox WHERE "
+	    "state = 'held'", 0), 15);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.inbox i JOIN "
+	    "eav.tasks t ON t.id = i.task_id AND t.event_id = i.id WHERE "
+	    "i.state = 'unrouted' AND t.kind = 'event.clarify'", 0), 20);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT event_id) FROM "
+	    "eav.tasks", 0), 45);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks", 0),
+	    45);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
+	    "WHERE type IN ('event.ingested', 'event.unrouted', "
+	    "'gate.storm_block')", 0), 60);
+	th_db_free(&db);
+}
+END_TEST
+
 /* eavctl event-types, rules and events: list, add, change, release. */
 /* FM-088, FM-092 */
 START_TEST(test_eavctl_events)
@@ -1168,6 +1235,7 @@ suite_events(void)
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	tcase_add_test(live, test_self_trigger_eavd);
+	tcase_add_test(live, test_crash_mixed_routes);
 	tcase_set_timeout(live, 180);
 	suite_add_tcase(s, live);
 	return s;

@@ -33,7 +33,7 @@ ev_call(struct ctl *ctl, enum db_stmt s, const char *const *params,
 
 	if ((r = ctl_call(ctl, s, params, res)) != 0 &&
 	    strcmp(ctl->db.sqlstate, "EA004") == 0)
-		return EAV_EXIT_NOTFOUND;
+		return EAV_EXIT_NOT_FOUND;
 	return r;
 }
 
@@ -91,7 +91,7 @@ events_show(struct ctl *ctl, const char *id)
 	if (PQntuples(res) == 0) {
 		fprintf(stderr, "eavctl: no event %s\n", id);
 		PQclear(res);
-		return EAV_EXIT_NOTFOUND;
+		return EAV_EXIT_NOT_FOUND;
 	}
 	for (c = 0; c < PQnfields(res) && c < 15; c++)
 		printf("%-20s %s\n", names[c], PQgetvalue(res, 0, c));

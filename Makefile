@@ -94,6 +94,7 @@ CTL_SRCS =	ctl/main.c \
 		ctl/cmd_diagnose.c \
 		ctl/cmd_schedule.c \
 		ctl/cmd_watcher.c \
+		ctl/cmd_events.c \
 		ctl/table.c
 BENCH_SRCS =	bench/eavbench.c
 SOAK_SRCS =	tests/chaos/main.c \
@@ -123,7 +124,8 @@ TEST_SRCS ?=	tests/check_main.c \
 		tests/check_diagnose.c \
 		tests/check_schedule.c \
 		tests/check_ownership.c \
-		tests/check_watcher.c
+		tests/check_watcher.c \
+		tests/check_events.c
 
 SQL	= $(sort $(wildcard sql/[0-9][0-9][0-9][0-9]_*.sql))
 GEN	= $(BUILD)/gen/sql_embed.c

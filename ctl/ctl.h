@@ -87,6 +87,10 @@ int	cmd_schedules(struct ctl *, int, char **);
 
 /* cmd_watcher.c */
 int	cmd_watchers(struct ctl *, int, char **);
+/* cmd_events.c */
+int	cmd_events(struct ctl *, int, char **);
+int	cmd_rules(struct ctl *, int, char **);
+int	cmd_event_types(struct ctl *, int, char **);
 
 /* cmd_rehearse.c */
 int	cmd_rehearse(struct ctl *, int, char **);

@@ -67,6 +67,16 @@ static const struct ctl_cmd cmds[] = {
 	    "watchers add [-i interval_ms] [-t timeout_ms] [-n threshold] "
 	    "[-T event_type] name exec|http config_json | "
 	    "watchers enable|disable|rm name" },
+	{ "events", cmd_events, "events [list] [-s state] [-t type] "
+	    "[-S source] [-n limit] | events show id | events release id | "
+	    "events drop -r reason id" },
+	{ "rules", cmd_rules, "rules [list] | rules add [-s source] "
+	    "[-w predicates_json] [-p priority] [-d debounce_ms] "
+	    "[-r max_per_minute] name type template_json | "
+	    "rules enable|disable|rm name" },
+	{ "event-types", cmd_event_types, "event-types [list] | event-types "
+	    "add [-s source,...] [-m max_bytes] [-w dedupe_window_s] "
+	    "[-d description] name schema_json" },
 	{ "rehearse", cmd_rehearse, "rehearse [-n kills] [-i interval_ms] "
 	    "[-p point] [-w wait_s] [-o postmortem.md]" },
 };

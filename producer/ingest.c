@@ -159,7 +159,8 @@ ingest_batch(struct producer *p)
 {
 	PGresult	*res = NULL;
 	char		 lim[16];
-	const char	*params[2] = { lim, p->actor };
+	const char	*params[3] = { lim, p->actor,
+			    classify_enabled(p) ? "true" : "false" };
 	enum db_status	 st;
 	int		 i, n;
 
@@ -212,8 +213,12 @@ ingest_cb(evutil_socket_t fd, short what, void *arg)
 	for (round = 0; round < INGEST_MAX_ROUNDS; round++)
 		if ((n = ingest_batch(p)) < p->cfg.producer_batch_size)
 			break;
-	if (n >= 0 && (round == INGEST_MAX_ROUNDS ||
-	    db_drain_notifies(&p->db) > 0))
+	/* Events left classifying by these batches, or by a lease that
+	 * ran out (the poll brings us here too). */
+	if (n >= 0)
+		classify_wake(p);
+	if (n >= 0 && db_is_connected(&p->db) &&
+	    (round == INGEST_MAX_ROUNDS || db_drain_notifies(&p->db) > 0))
 		ingest_wake(p);
 	if (n >= 0)
 		ingest_reload(p);

@@ -17,7 +17,7 @@ main(void)
 		    suite_http, suite_mcp, suite_kill,
 		    suite_governance, suite_audit, suite_redact,
 		    suite_diagnose, suite_schedule, suite_ownership,
-		    suite_watcher };
+		    suite_watcher, suite_events };
 	SRunner	*sr = srunner_create(NULL);
 	size_t	 i;
 	int	 failed;

@@ -142,5 +142,6 @@ Suite	*suite_diagnose(void) __attribute__((weak));
 Suite	*suite_schedule(void) __attribute__((weak));
 Suite	*suite_ownership(void) __attribute__((weak));
 Suite	*suite_watcher(void) __attribute__((weak));
+Suite	*suite_events(void) __attribute__((weak));
 
 #endif

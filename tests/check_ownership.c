@@ -335,8 +335,8 @@ START_TEST(test_claim_skips_busy_key)
 	free(got);
 	/* The database refuses a second running step of a key outright. */
 	ck_assert_ptr_nonnull(strstr(th_err(db.conn, "UPDATE eav.steps SET "
-	    "state = 'running', owner_incarnation = $1::bigint WHERE "
-	    "task_id = 4", 1, inc), "23505"));
+	    "state = 'running', owner_incarnation = $1::bigint, owner_pid = "
+	    "7 WHERE task_id = 4", 1, inc), "23505"));
 	PQfinish(other);
 	th_db_free(&db);
 }

@@ -590,6 +590,205 @@ START_TEST(test_least_privilege)
 }
 END_TEST
 
+/* Starts incarnation of node "n1"; returns it (caller frees). */
+static char *
+gov_node(PGconn *c)
+{
+	return th_str(c, "SELECT eav.node_start('n1', 'test', 1, 'test')"
+	    "::text", 0);
+}
+
+/*
+ * eav.redaction_busy was the recursion guard of the leak alarm, and any
+ * session could set it: a worker doing so had a secret in its result
+ * redacted but neither alarmed nor audited.  It is ignored now (0025).
+ */
+/* FM-100 */
+START_TEST(test_redaction_flag_ignored)
+{
+	struct th_db	 db;
+	char		*inc, *step, *epoch, batch[256];
+
+	th_db_new(&db);
+	inc = gov_node(db.conn);
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop')", 0));
+	step = th_str(db.conn, "SELECT id::text FROM eav.steps", 0);
+	epoch = th_str(db.conn, "SELECT claim_epoch::text FROM eav.claim("
+	    "'n1', $1::bigint, 7, 1, NULL)", 1, inc);
+	snprintf(batch, sizeof(batch), "[{\"id\": %s, \"epoch\": %s, "
+	    "\"outcome\": \"succeeded\", \"result\": {\"note\": "
+	    "\"Bearer abcdefghijklmnopqrstu\"}}]", step, epoch);
+	PQclear(th_exec(db.conn, "SET ROLE eav_worker", 0));
+	PQclear(th_exec(db.conn, "SET eav.redaction_busy = on", 0));
+	PQclear(th_exec(db.conn, "SELECT * FROM eav.complete_and_claim("
+	    "'worker:n1', $1::jsonb, 'n1', $2::bigint, 7, 0, NULL)", 2, batch,
+	    inc));
+	PQclear(th_exec(db.conn, "RESET ROLE", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps "
+	    "WHERE state = 'succeeded' AND result::text LIKE "
+	    "'%REDACTED:bearer_credential%' AND result::text NOT LIKE "
+	    "'%abcdefghijkl%'", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.alarms "
+	    "WHERE type = 'secret_leak' AND subject = 'steps.result.note'", 0),
+	    1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'secret.leak' AND step_id = "
+	    "$1::bigint", 1, step), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.redaction_guard", 0), 0);
+	free(epoch);
+	free(step);
+	free(inc);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * A budget of 3 retries a minute: a real retry held back ten times by a
+ * busy client key (gate wait, no call) spends none of it; four real
+ * retries then get three calls and one budget deferral.
+ */
+/* FM-101 */
+START_TEST(test_retry_budget_gated_free)
+{
+	struct th_db	 db;
+	char		*inc, *b, *epoch, *gate;
+	int		 i;
+
+	th_db_new(&db);
+	inc = gov_node(db.conn);
+	PQclear(th_exec(db.conn, "SELECT eav.retry_budget_set('queue', "
+	    "'default', 3, 'operator:test')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', '{}', "
+	    "'default', NULL, 5, 'k')", 0));
+	b = th_str(db.conn, "SELECT id::text FROM eav.steps", 0);
+	PQclear(th_exec(db.conn, "CREATE TEMP TABLE cl AS SELECT * FROM "
+	    "eav.claim('n1', $1::bigint, 7, 1, NULL)", 1, inc));
+	PQclear(th_exec(db.conn, "SELECT eav.complete_batch('t', "
+	    "jsonb_agg(jsonb_build_object('id', step_id, 'epoch', "
+	    "claim_epoch, 'outcome', 'retry', 'error', 'boom'))) FROM cl", 0));
+	/* A second step with the key, running: B must wait for it. */
+	PQclear(th_exec(db.conn, "UPDATE eav.steps SET run_at = now() + "
+	    "interval '1 hour' WHERE id = $1::bigint", 1, b));
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', '{}', "
+	    "'default', NULL, 5, 'k')", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.claim("
+	    "'n1', $1::bigint, 7, 1, NULL)", 1, inc), 1);
+	PQclear(th_exec(db.conn, "UPDATE eav.steps SET run_at = now() - "
+	    "interval '1 second' WHERE id = $1::bigint", 1, b));
+	for (i = 0; i < 10; i++) {
+		PQclear(th_exec(db.conn, "TRUNCATE cl", 0));
+		PQclear(th_exec(db.conn, "INSERT INTO cl SELECT * FROM "
+		    "eav.claim('n1', $1::bigint, 7, 1, NULL)", 1, inc));
+		gate = th_str(db.conn, "SELECT gate FROM cl WHERE step_id = "
+		    "$1::bigint AND attempt = 2", 1, b);
+		ck_assert_str_eq(gate, "wait");
+		free(gate);
+		epoch = th_str(db.conn, "SELECT claim_epoch::text FROM cl", 0);
+		gate = th_str(db.conn, "SELECT eav.step_defer('t', $1::bigint, "
+		    "$2::bigint, 0, false, 'not called')", 2, b, epoch);
+		ck_assert_str_eq(gate, "pending");
+		free(gate);
+		free(epoch);
+	}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT used FROM eav.retry_budgets",
+	    0), 0);
+	PQclear(th_exec(db.conn, "UPDATE eav.steps SET run_at = now() + "
+	    "interval '1 hour' WHERE id = $1::bigint", 1, b));
+	/* Four real retries. */
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', '{}', "
+	    "'default', NULL, 5) FROM generate_series(1, 4)", 0));
+	PQclear(th_exec(db.conn, "TRUNCATE cl", 0));
+	PQclear(th_exec(db.conn, "INSERT INTO cl SELECT * FROM eav.claim("
+	    "'n1', $1::bigint, 7, 10, NULL)", 1, inc));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM cl", 0), 4);
+	PQclear(th_exec(db.conn, "SELECT eav.complete_batch('t', "
+	    "jsonb_agg(jsonb_build_object('id', step_id, 'epoch', "
+	    "claim_epoch, 'outcome', 'retry', 'error', 'boom'))) FROM cl", 0));
+	PQclear(th_exec(db.conn, "UPDATE eav.steps SET run_at = now() - "
+	    "interval '1 second' WHERE state = 'pending' AND id <> $1::bigint",
+	    1, b));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FILTER (WHERE gate "
+	    "IS NULL) * 10 + count(*) FILTER (WHERE gate LIKE 'budget:%') "
+	    "FROM eav.claim('n1', $1::bigint, 7, 10, NULL)", 1, inc), 31);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT used FROM eav.retry_budgets",
+	    0), 4);
+	free(b);
+	free(inc);
+	th_db_free(&db);
+}
+END_TEST
+
+/* Sends a claim that defers what it claimed; 1 if it ended in 40P01. */
+static int
+gov_round(PGconn *c, const char *inc, const char *pid, int send)
+{
+	const char	*p[2] = { inc, pid };
+	PGresult	*res;
+	const char	*st;
+	int		 dead = 0;
+
+	if (send) {
+		ck_assert(PQsendQueryParams(c, "SELECT count(eav.step_defer("
+		    "'t', step_id, claim_epoch, 0, false, 'x')) FROM eav.claim("
+		    "'n1', $1::bigint, $2::integer, 4, NULL)", 2, NULL, p, NULL,
+		    NULL, 0));
+		return 0;
+	}
+	while ((res = PQgetResult(c)) != NULL) {
+		st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		if (PQresultStatus(res) == PGRES_FATAL_ERROR) {
+			ck_assert_msg(st != NULL && strcmp(st, "40P01") == 0,
+			    "%s", PQresultErrorMessage(res));
+			dead = 1;
+		}
+		PQclear(res);
+	}
+	return dead;
+}
+
+/*
+ * Two workers claiming retries covered by a queue's and a tool's budget
+ * at once, 300 times each, with nothing between them: the budget rows
+ * are locked in one order, so no claim dies of a deadlock.
+ */
+/* FM-102 */
+START_TEST(test_retry_budget_lock_order)
+{
+	struct th_db	 db;
+	PGconn		*other;
+	char		*inc;
+	int		 i, dead = 0;
+
+	th_db_new(&db);
+	inc = gov_node(db.conn);
+	PQclear(th_exec(db.conn, "SELECT eav.retry_budget_set('tool', "
+	    "'noop', 1000000, 'operator:test')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.retry_budget_set('queue', "
+	    "'default', 1000000, 'operator:test')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.enqueue('noop', '{}', "
+	    "'default', NULL, 1000) FROM generate_series(1, 40)", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.complete_batch('t', "
+	    "jsonb_agg(jsonb_build_object('id', step_id, 'epoch', "
+	    "claim_epoch, 'outcome', 'retry', 'error', 'boom'))) FROM "
+	    "eav.claim('n1', $1::bigint, 7, 100, NULL)", 1, inc));
+	PQclear(th_exec(db.conn, "UPDATE eav.steps SET run_at = now()", 0));
+	other = th_connect(db.dsn);
+	for (i = 0; i < 300; i++) {
+		gov_round(db.conn, inc, "7", 1);
+		gov_round(other, inc, "8", 1);
+		dead += gov_round(db.conn, inc, "7", 0);
+		dead += gov_round(other, inc, "8", 0);
+	}
+	ck_assert_int_eq(dead, 0);
+	ck_assert_int_ge(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events WHERE type = 'step.claimed'", 0), 1000);
+	PQfinish(other);
+	free(inc);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_governance(void)
 {
@@ -606,6 +805,9 @@ suite_governance(void)
 	tcase_add_test(tc, test_approvals_decisions);
 	tcase_add_test(tc, test_approvals_with_eavd);
 	tcase_add_test(tc, test_least_privilege);
+	tcase_add_test(tc, test_redaction_flag_ignored);
+	tcase_add_test(tc, test_retry_budget_gated_free);
+	tcase_add_test(tc, test_retry_budget_lock_order);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;

@@ -789,6 +789,49 @@ START_TEST(test_retry_budget_lock_order)
 }
 END_TEST
 
+/*
+ * The trace locks of a completion batch are taken first, in key order
+ * (0027): one for each trace whose succeeded step asks for children,
+ * none for a step that failed or asks for nothing.
+ */
+/* FM-103 */
+START_TEST(test_trace_locks_ordered)
+{
+	struct th_db	 db;
+	char		*a, *b, *c, *batch;
+
+	th_db_new(&db);
+	a = th_str(db.conn, "SELECT eav.step_id(eav.enqueue('noop'), 1)::text",
+	    0);
+	b = th_str(db.conn, "SELECT eav.step_id(eav.enqueue('noop'), 1)::text",
+	    0);
+	c = th_str(db.conn, "SELECT eav.step_id(eav.enqueue('noop'), 1)::text",
+	    0);
+	batch = th_str(db.conn, "SELECT jsonb_build_array("
+	    "jsonb_build_object('id', $2::bigint, 'outcome', 'succeeded', "
+	    "'result', '{\"enqueue\": []}'::jsonb), "
+	    "jsonb_build_object('id', $1::bigint, 'outcome', 'succeeded', "
+	    "'result', '{\"enqueue\": []}'::jsonb), "
+	    "jsonb_build_object('id', $3::bigint, 'outcome', 'failed', "
+	    "'result', '{\"enqueue\": []}'::jsonb))::text", 3, a, b, c);
+	PQclear(th_exec(db.conn, "BEGIN", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT eav.trace_locks_take("
+	    "$1::jsonb)", 1, batch), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM pg_locks WHERE "
+	    "locktype = 'advisory' AND pid = pg_backend_pid() AND granted", 0),
+	    2);
+	PQclear(th_exec(db.conn, "ROLLBACK", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT eav.trace_locks_take("
+	    "'[{\"id\": 1, \"outcome\": \"succeeded\", \"result\": {}}]')", 0),
+	    0);
+	free(a);
+	free(b);
+	free(c);
+	free(batch);
+	th_db_free(&db);
+}
+END_TEST
+
 Suite *
 suite_governance(void)
 {
@@ -808,6 +851,7 @@ suite_governance(void)
 	tcase_add_test(tc, test_redaction_flag_ignored);
 	tcase_add_test(tc, test_retry_budget_gated_free);
 	tcase_add_test(tc, test_retry_budget_lock_order);
+	tcase_add_test(tc, test_trace_locks_ordered);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;

@@ -6,7 +6,9 @@
 #   bench/drain.sh [N] [W]          (default 20000 4)
 # BATCH sets the worker batch size (50); DRAIN_CONF is appended to the
 # config file (e.g. DRAIN_CONF=$'[audit]\nseal_interval = 60s').
-# Uses the private cluster of make run (started if needed).
+# DRAIN_HOOK is SQL run on the database before eavd starts (e.g. to reset
+# pg_stat_statements).  Uses the private cluster of make run (started if
+# needed).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +25,7 @@ dsn="host=$host user=eav dbname=$db"
 q() { psql -X -qtA -d "$dsn" -c "$1"; }
 q "SELECT count(eav.enqueue('noop')) FROM generate_series(1, $n)" >/dev/null
 q "VACUUM ANALYZE" >/dev/null
+[ -z "${DRAIN_HOOK:-}" ] || q "$DRAIN_HOOK" >/dev/null
 q "CHECKPOINT" >/dev/null
 conf=$(mktemp /tmp/eavdrain.XXXXXX)
 printf "[database]\ndsn = %s\n[supervisor]\nworkers = %s\n[worker]\nbatch_size = %s\nconcurrency = %s\n" "$dsn" "$w" "${BATCH:-50}" "${BATCH:-50}" >"$conf"

@@ -14,7 +14,7 @@
 
 static int	parse_id(const char *, const char *);
 static int	enqueue_steps(int, char **, const char *, const char *,
-		    const char *, char **);
+		    const char *, int, char **);
 static json_t	*parse_json_arg(const char *, const char *);
 
 /* Checks that s is a positive integer; prints why not. */
@@ -52,11 +52,12 @@ parse_json_arg(const char *what, const char *text)
  */
 static int
 enqueue_steps(int argc, char **argv, const char *max, const char *key,
-    const char *steps, char **out)
+    const char *steps, int approval, char **out)
 {
 	json_t	*arr, *step, *input = NULL;
 	char	*end;
 	long	 m;
+	size_t	 i;
 
 	if (steps != NULL) {
 		if (argc != 0 || max != NULL || key != NULL)
@@ -88,6 +89,13 @@ enqueue_steps(int argc, char **argv, const char *max, const char *key,
 			    json_string(key));
 		arr = json_pack("[o]", step);
 	}
+	/* -A: every step the spec leaves unmarked waits for an approval. */
+	json_array_foreach(arr, i, step) {
+		if (approval && json_is_object(step) &&
+		    json_object_get(step, "requires_approval") == NULL)
+			json_object_set_new(step, "requires_approval",
+			    json_true());
+	}
 	*out = json_dumps(arr, JSON_COMPACT | JSON_ENCODE_ANY);
 	json_decref(arr);
 	return *out == NULL ? EAV_EXIT_USAGE : 0;
@@ -102,10 +110,11 @@ cmd_enqueue(struct ctl *ctl, int argc, char **argv)
 	const char	*params[5];
 	PGresult	*res;
 	char		*json = NULL;
-	int		 ch, r;
+	int		 ch, r, approval = 0;
 
-	while ((ch = getopt(argc, argv, "i:k:m:q:s:t:")) != -1) {
+	while ((ch = getopt(argc, argv, "Ai:k:m:q:s:t:")) != -1) {
 		switch (ch) {
+		case 'A': approval = 1; break;
 		case 'i': key = optarg; break;
 		case 'k': kind = optarg; break;
 		case 'm': max = optarg; break;
@@ -116,7 +125,7 @@ cmd_enqueue(struct ctl *ctl, int argc, char **argv)
 		}
 	}
 	if ((r = enqueue_steps(argc - optind, argv + optind, max, key, steps,
-	    &json)) != 0)
+	    approval, &json)) != 0)
 		return r;
 	if (kind == NULL)
 		kind = steps != NULL ? "task" : argv[optind];

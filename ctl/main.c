@@ -18,7 +18,7 @@
 
 static const struct ctl_cmd cmds[] = {
 	{ "migrate", cmd_migrate, "migrate" },
-	{ "enqueue", cmd_enqueue, "enqueue [-q queue] [-k kind] [-t run_at] "
+	{ "enqueue", cmd_enqueue, "enqueue [-A] [-q queue] [-k kind] [-t run_at] "
 	    "{[-m max_attempts] [-i idempotency_key] tool [input] | "
 	    "-s steps_json}" },
 	{ "tasks", cmd_tasks, "tasks [-s state] [-q queue] [-n limit]" },

@@ -194,6 +194,17 @@ START_TEST(test_enqueue)
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
 	    "task_id = $1::bigint AND tool = 'noop' AND state = CASE ordinal "
 	    "WHEN 1 THEN 'pending' WHEN 2 THEN 'blocked' END", 1, id), 2);
+
+	/* -A: each step the spec leaves unmarked waits for an approval. */
+	ck_assert_int_eq(ctl(db.dsn, NULL, "enqueue", "-A", "-s",
+	    "[{\"tool\":\"noop\"},{\"tool\":\"noop\","
+	    "\"requires_approval\":false}]", NULL), 0);
+	snprintf(id, sizeof(id), "%lld", atoll(out_read()));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "task_id = $1::bigint AND (approval IS NOT NULL) = (ordinal = 1)",
+	    1, id), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "task_id = $1::bigint AND state = 'waiting_approval'", 1, id), 1);
 	th_db_free(&db);
 }
 END_TEST

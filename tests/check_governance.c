@@ -479,6 +479,84 @@ START_TEST(test_approvals_with_eavd)
 }
 END_TEST
 
+/*
+ * Approval asked for by the task (a step's "requires_approval") or by a
+ * rule's template, on a tool with no policy (0029): the marked steps
+ * wait, first and later ones, with their policy (four eyes refuses the
+ * creator); the unmarked step runs; bad values are refused naming the
+ * field, with nothing stored.
+ */
+START_TEST(test_approvals_by_task_and_rule)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	const char	*err;
+	char		*t, *a, *ev, *rt;
+
+	th_db_new(&db);
+	err = th_err(db.conn, "SELECT eav.task_enqueue('default', 'k', "
+	    "'[{\"tool\": \"noop\", \"requires_approval\": \"yes\"}]')", 0);
+	ck_assert_msg(strstr(err, "22023") && strstr(err,
+	    "\"requires_approval\" must be"), "%s", err);
+	err = th_err(db.conn, "SELECT eav.task_enqueue('default', 'k', "
+	    "'[{\"tool\": \"noop\", \"requires_approval\": {\"ttl\": 1}}]')", 0);
+	ck_assert_msg(strstr(err, "unknown field \"ttl\""), "%s", err);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks", 0),
+	    0);
+	th_eavd_conf(&e, &db, "[supervisor]\nworkers = 1\n");
+	th_eavd_up(&e, db.conn, 1);
+	t = th_str(db.conn, "SELECT eav.task_enqueue('default', 'three', "
+	    "'[{\"tool\": \"noop\", \"requires_approval\": true}, "
+	    "{\"tool\": \"noop\", \"requires_approval\": {\"four_eyes\": true, "
+	    "\"ttl_ms\": 60000}}, {\"tool\": \"noop\", \"requires_approval\": "
+	    "false}]', 'operator:alice')::text", 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "id = $1::bigint * 128 + 1 AND state = 'waiting_approval'", 1, t),
+	    1);
+	a = approval_of(db.conn, t);
+	PQclear(th_exec(db.conn, approve_sql, 2, a, "operator:alice"));
+	free(a);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT state = "
+	    "'waiting_approval' FROM eav.steps WHERE id = $1::bigint * 128 + 2",
+	    1, t));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.approvals "
+	    "WHERE task_id = $1::bigint AND state = 'open' AND four_eyes AND "
+	    "expires_at - requested_at = '60 s'", 1, t), 1);
+	a = approval_of(db.conn, t);
+	err = th_err(db.conn, approve_sql, 2, a, "operator:alice");
+	ck_assert_msg(strstr(err, "EA006"), "%s", err);
+	PQclear(th_exec(db.conn, approve_sql, 2, a, "operator:bob"));
+	free(a);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT state = 'succeeded' "
+	    "FROM eav.tasks WHERE id = $1::bigint", 1, t));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.approvals "
+	    "WHERE task_id = $1::bigint", 1, t), 2);
+
+	PQclear(th_exec(db.conn, "SELECT eav.event_type_set('ping', "
+	    "'{\"type\": \"object\"}', NULL, 1000, 0, 'pings', "
+	    "'operator:test')", 0));
+	PQclear(th_exec(db.conn, "SELECT eav.rule_add('careful', 'ping', NULL, "
+	    "'[]', '{\"kind\": \"careful\", \"steps\": [{\"tool\": \"noop\", "
+	    "\"requires_approval\": true}]}', 10, 0, 60, 'operator:test')", 0));
+	ev = th_str(db.conn, "SELECT eav.event_submit('src', 'k1', 'ping', "
+	    "'{}', 'operator:test')::text", 0);
+	ck_assert(th_wait(db.conn, DEADLINE_MS, "SELECT task_id IS NOT NULL "
+	    "FROM eav.inbox WHERE id = $1::bigint", 1, ev));
+	rt = th_str(db.conn, "SELECT task_id::text FROM eav.inbox WHERE id = "
+	    "$1::bigint", 1, ev);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.steps WHERE "
+	    "task_id = $1::bigint AND state = 'waiting_approval'", 1, rt), 1);
+	PQclear(th_exec(db.conn, "SELECT eav.task_cancel($1::bigint, "
+	    "'operator:bob', 'done testing')", 1, rt));
+	th_eavd_stop_ok(&e);
+	th_assert_sound(db.conn);
+	free(t);
+	free(ev);
+	free(rt);
+	th_db_free(&db);
+}
+END_TEST
+
 /* What each role may not do: every one fails with 42501. */
 static const struct {
 	const char	*role;
@@ -847,6 +925,7 @@ suite_governance(void)
 	tcase_add_test(tc, test_self_triggering_chains);
 	tcase_add_test(tc, test_approvals_decisions);
 	tcase_add_test(tc, test_approvals_with_eavd);
+	tcase_add_test(tc, test_approvals_by_task_and_rule);
 	tcase_add_test(tc, test_least_privilege);
 	tcase_add_test(tc, test_redaction_flag_ignored);
 	tcase_add_test(tc, test_retry_budget_gated_free);

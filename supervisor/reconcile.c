@@ -19,6 +19,8 @@
 
 static void	reconcile_done(struct sup *, void *, PGresult *,
 		    enum db_status);
+static void	reconcile_producer_done(struct sup *, void *, PGresult *,
+		    enum db_status);
 static void	sweep_cb(evutil_socket_t, short, void *);
 static void	sweep_done(struct sup *, void *, PGresult *, enum db_status);
 static void	sweep_refresh(struct sup *, char **);
@@ -44,7 +46,34 @@ reconcile_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
 	policy_after_reconcile(c);
 }
 
-/* Reconciles a dead child's running steps, then resumes its policy. */
+/*
+ * A dead producer's watcher ticks and classifier leases are ended now,
+ * not when they run out; a failure only delays them until they do.
+ */
+static void
+reconcile_producer_done(struct sup *sup, void *arg, PGresult *res,
+    enum db_status st)
+{
+	struct child	*c = arg;
+	char		 name[32];
+	long long	 n;
+
+	(void)sup;
+	c->busy = 0;
+	if (st != DB_OK)
+		log_error("releasing the leases of %s pid %d failed: they "
+		    "will run out", child_name(c, name, sizeof(name)),
+		    (int)c->dead_pid);
+	else if ((n = strtoll(PQgetvalue(res, 0, 0), NULL, 10)) > 0)
+		log_notice("released %lld lease(s) of %s pid %d", n,
+		    child_name(c, name, sizeof(name)), (int)c->dead_pid);
+	policy_after_reconcile(c);
+}
+
+/*
+ * Reconciles what a dead child leaves: a worker's running steps, a
+ * producer's leases; then resumes its policy.
+ */
 void
 reconcile_child(struct child *c)
 {
@@ -52,14 +81,19 @@ reconcile_child(struct child *c)
 	char		 inc[24], pid[16];
 	const char	*params[3] = { sup->cfg.node_name, inc, pid };
 
-	if (c->kind != KIND_WORKER || c->dead_pid == 0) {
+	if (c->dead_pid == 0) {
 		policy_after_reconcile(c);
 		return;
 	}
 	snprintf(inc, sizeof(inc), "%lld", sup->incarnation);
 	snprintf(pid, sizeof(pid), "%d", (int)c->dead_pid);
 	c->busy = 1;
-	sdb_submit(sup->db, DB_RECONCILE_WORKER, params, reconcile_done, c, 1);
+	if (c->kind == KIND_WORKER)
+		sdb_submit(sup->db, DB_RECONCILE_WORKER, params,
+		    reconcile_done, c, 1);
+	else
+		sdb_submit(sup->db, DB_RECONCILE_PRODUCER, params,
+		    reconcile_producer_done, c, 1);
 }
 
 static void

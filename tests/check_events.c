@@ -629,7 +629,8 @@ START_TEST(test_classifier_fallback)
 END_TEST
 
 /*
- * A good answer routes; a lapsed lease (producer died) is taken again;
+ * A good answer routes; a lease its dead producer held is ended by eavd's
+ * eav.reconcile_producer, or lapses, and is taken again;
  * after classifier_max_attempts leases the event falls back.
  */
 /* FM-091 */
@@ -646,13 +647,13 @@ START_TEST(test_classifier_route_and_lease)
 	    "{\"id\": \"a2\", \"amount\": 5, \"tier\": \"basic\"}");
 	ck_assert_int_eq(ingest(db.conn, 1), 2);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
-	    "eav.event_classify_take(10, 60000, 'producer:one')", 0), 2);
+	    "eav.event_classify_take(10, 60000, 'producer:n1/1/4242')", 0), 2);
 	/* Leased: a second producer gets nothing. */
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.event_classify_take(10, 60000, 'producer:two')", 0), 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.event_classified($1::bigint, '{\"route\": \"gold\"}', NULL, "
-	    "'producer:one') WHERE state = 'accepted'", 1, a), 1);
+	    "'producer:n1/1/4242') WHERE state = 'accepted'", 1, a), 1);
 	/* The gold rule's template, though its predicate does not hold. */
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.inbox i JOIN "
 	    "eav.tasks t ON t.id = i.task_id WHERE i.id = $1::bigint AND "
@@ -661,9 +662,17 @@ START_TEST(test_classifier_route_and_lease)
 	    "WHERE type = 'classifier.routed' AND payload->>'rule' = 'gold' "
 	    "AND "
 	    "payload->>'event_id' = $1", 1, a), 1);
-	/* producer:one died: its lease on b lapses, another takes it. */
-	PQclear(th_exec(db.conn, "UPDATE eav.inbox SET lease_until = now() - "
-	    "interval '1 second' WHERE id = $1::bigint", 1, b));
+	/*
+	 * Its producer died: eavd, reaping it, ends its lease on b at once
+	 * (0032), and another takes it.
+	 */
+	ck_assert_int_eq(th_ll(db.conn, "SELECT eav.reconcile_producer('n1', "
+	    "1, 4242)", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events "
+	    "WHERE type = 'classifier.lease_released' AND actor = "
+	    "'supervisor:n1/1' AND payload->>'event_id' = $1", 1, b), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT eav.reconcile_producer('n1', "
+	    "1, 4242)", 0), 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
 	    "eav.event_classify_take(10, 60000, 'producer:two') WHERE attempt "
 	    "= 2", 0), 1);

@@ -645,8 +645,9 @@ END_TEST
 
 /*
  * The producer SIGKILLed while its probe runs: eavd kills the probe's
- * process group (no orphan), restarts the producer, and once the lease
- * ran out the tick is redone (watcher.lease_expired) and emits one
+ * process group (no orphan), ends the dead producer's lease as it reaps
+ * it (watcher.lease_released by eavd, 0032: the lease would have run ten
+ * minutes), restarts the producer, and the tick is redone and emits one
  * event, not two.
  */
 /* FM-099 */
@@ -666,8 +667,8 @@ START_TEST(test_producer_killed_mid_probe)
 	    "'{\"redone\": true}'; exit 0; fi; /usr/bin/touch %s; "
 	    "/bin/sleep %s", flag, flag, zz);
 	cfg = sh_config(db.conn, script);
-	PQclear(th_exec(db.conn, "UPDATE eav.settings SET value = 300 WHERE "
-	    "name = 'watcher_lease_grace_ms'", 0));
+	PQclear(th_exec(db.conn, "UPDATE eav.settings SET value = 600000 "
+	    "WHERE name = 'watcher_lease_grace_ms'", 0));
 	th_eavd_conf(&e, &db, EAVD_CONF);
 	th_eavd_up(&e, db.conn, 1);
 	add_watcher(db.conn, "slow", "exec", cfg, 4000, 3000, 3);
@@ -698,8 +699,10 @@ START_TEST(test_producer_killed_mid_probe)
 	    "eav.watchers", 0), "the tick was not redone; see %s", e.log);
 	th_eavd_stop_ok(&e);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
-	    " WHERE type = 'watcher.lease_expired' AND payload->>'lease_by' = "
-	    "$1", 1, actor), 1);
+	    " WHERE type = 'watcher.lease_released' AND payload->>'lease_by' = "
+	    "$1 AND actor LIKE 'supervisor:%'", 1, actor), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE type = 'watcher.lease_expired'", 0), 0);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
 	    " WHERE type = 'process.exited' AND payload->>'kind' = 'producer' "
 	    "AND payload->>'detail' LIKE '%signal 9%'", 0), 1);

@@ -48,26 +48,19 @@ reconcile_done(struct sup *sup, void *arg, PGresult *res, enum db_status st)
 
 /*
  * A dead producer's watcher ticks and classifier leases are ended now,
- * not when they run out; a failure only delays them until they do.
+ * not when they run out.  Nothing waits for it (its successor leases
+ * under another name), and a failure only leaves them to run out.
  */
 static void
 reconcile_producer_done(struct sup *sup, void *arg, PGresult *res,
     enum db_status st)
 {
-	struct child	*c = arg;
-	char		 name[32];
-	long long	 n;
+	long long	n;
 
 	(void)sup;
-	c->busy = 0;
-	if (st != DB_OK)
-		log_error("releasing the leases of %s pid %d failed: they "
-		    "will run out", child_name(c, name, sizeof(name)),
-		    (int)c->dead_pid);
-	else if ((n = strtoll(PQgetvalue(res, 0, 0), NULL, 10)) > 0)
-		log_notice("released %lld lease(s) of %s pid %d", n,
-		    child_name(c, name, sizeof(name)), (int)c->dead_pid);
-	policy_after_reconcile(c);
+	(void)arg;
+	if (st == DB_OK && (n = strtoll(PQgetvalue(res, 0, 0), NULL, 10)) > 0)
+		log_notice("released %lld lease(s) of a dead producer", n);
 }
 
 /*
@@ -87,13 +80,14 @@ reconcile_child(struct child *c)
 	}
 	snprintf(inc, sizeof(inc), "%lld", sup->incarnation);
 	snprintf(pid, sizeof(pid), "%d", (int)c->dead_pid);
-	c->busy = 1;
-	if (c->kind == KIND_WORKER)
-		sdb_submit(sup->db, DB_RECONCILE_WORKER, params,
-		    reconcile_done, c, 1);
-	else
+	if (c->kind != KIND_WORKER) {
 		sdb_submit(sup->db, DB_RECONCILE_PRODUCER, params,
-		    reconcile_producer_done, c, 1);
+		    reconcile_producer_done, NULL, 0);
+		policy_after_reconcile(c);
+		return;
+	}
+	c->busy = 1;
+	sdb_submit(sup->db, DB_RECONCILE_WORKER, params, reconcile_done, c, 1);
 }
 
 static void

@@ -588,6 +588,78 @@ START_TEST(test_eavd_down_across_slots)
 }
 END_TEST
 
+/*
+ * Two eavd nodes (a and b) on one database, each with its own producer,
+ * fire the same @every 1s schedules: every slot once, a task each; node
+ * a is stopped across 3 slots and started again while b keeps firing, and
+ * still nothing fires twice and no slot is lost.
+ */
+/* FM-083 */
+START_TEST(test_two_nodes)
+{
+	struct th_db	 db;
+	struct th_eavd	 a, b;
+	FILE		*fp;
+	size_t		 i;
+	char		*stop, *up;
+
+	th_db_new(&db);
+	th_eavd_conf(&a, &db, "[supervisor]\nworkers = 1\nnode_name = a\n");
+	th_eavd_up(&a, db.conn, 1);
+	/* b: the same database, its own node, config and log. */
+	memset(&b, 0, sizeof(b));
+	snprintf(b.conf, sizeof(b.conf), "%s/%s-b.conf", th_tmpdir(),
+	    db.name);
+	snprintf(b.log, sizeof(b.log), "%s/%s-b.log", th_tmpdir(), db.name);
+	ck_assert_ptr_nonnull(fp = fopen(b.conf, "w"));
+	fprintf(fp, "[database]\ndsn = %s\n[supervisor]\nworkers = 1\n"
+	    "node_name = b\n", db.dsn);
+	fclose(fp);
+	th_eavd_start(&b);
+	ck_assert_msg(th_wait(db.conn, 30000, "SELECT count(*) = 2 FROM "
+	    "eav.proj_processes WHERE kind = 'producer' AND state = 'up' AND "
+	    "pid IS NOT NULL", 0), "node b did not come up; see %s", b.log);
+	for (i = 0; i < 3; i++)
+		add_schedule(db.conn, policies[i].name, "@every 1s",
+		    policies[i].policy, policies[i].cap);
+	ck_assert_msg(th_wait(db.conn, 30000, "SELECT min(fires) >= 3 FROM "
+	    "eav.schedules", 0), "nothing fired; see %s", a.log);
+	th_eavd_stop_ok(&a);
+	stop = th_str(db.conn, "SELECT now()::text", 0);
+	ck_assert_msg(th_wait(db.conn, 30000, "SELECT min(last_slot) > "
+	    "$1::timestamptz + interval '3 seconds' FROM eav.schedules", 1,
+	    stop), "node b alone fired nothing; see %s", b.log);
+	th_eavd_start(&a);
+	ck_assert_msg(th_wait(db.conn, 30000, "SELECT count(*) = 4 FROM "
+	    "eav.proj_processes WHERE state = 'up' AND pid IS NOT NULL", 0),
+	    "node a did not come back; see %s", a.log);
+	up = th_str(db.conn, "SELECT now()::text", 0);
+	ck_assert_msg(th_wait(db.conn, 30000, "SELECT min(last_slot) > "
+	    "$1::timestamptz + interval '3 seconds' FROM eav.schedules", 1,
+	    up), "see %s and %s", a.log, b.log);
+	th_eavd_stop_ok(&a);
+	th_eavd_stop_ok(&b);
+	for (i = 0; i < 3; i++) {
+		ck_assert_int_ge(assert_each_slot_once(db.conn,
+		    policies[i].name, 1), 8);
+		/* b fired on time through a's downtime: nothing missed. */
+		ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+		    "eav.audit_events WHERE type = 'schedule.missed'", 0), 0);
+	}
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE type = 'schedule.duplicate'", 0), 0);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks", 0),
+	    th_ll(db.conn, "SELECT count(*) FROM eav.schedule_fires", 0));
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(DISTINCT split_part("
+	    "actor, '/', 1)) FROM eav.audit_events WHERE actor LIKE "
+	    "'producer:%'", 0), 2);
+	th_assert_sound(db.conn);
+	free(stop);
+	free(up);
+	th_db_free(&db);
+}
+END_TEST
+
 /* A template that became invalid: slot recorded, audited, alarmed. */
 /* FM-084 */
 START_TEST(test_fire_failure)
@@ -768,6 +840,7 @@ suite_schedule(void)
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	tcase_add_test(live, test_eavd_down_across_slots);
+	tcase_add_test(live, test_two_nodes);
 	tcase_set_timeout(live, 180);
 	suite_add_tcase(s, live);
 	return s;

@@ -104,16 +104,17 @@ canon_field(struct buf *b, const PGresult *res, int row, int col)
 
 /*
  * sha256 of eav.audit_canonical of an event row of DB_AUDIT_EVENT_CHUNK
- * (its 9 columns are the canonical fields, in order).
+ * (its 10 columns are the canonical fields, in order): v2 with the role,
+ * v1 without it for a row written before there was one (sql/0034).
  */
 static int
 event_digest(const PGresult *ev, int row, unsigned char *out)
 {
 	struct buf	b = { NULL, 0, 0 };
-	int		col, ok;
+	int		col, ok, ncol = PQgetisnull(ev, row, 9) ? 9 : 10;
 
-	buf_add(&b, "eav.audit.v1", 12);
-	for (col = 0; col < 9; col++)
+	buf_add(&b, ncol == 10 ? "eav.audit.v2" : "eav.audit.v1", 12);
+	for (col = 0; col < ncol; col++)
 		canon_field(&b, ev, row, col);
 	ok = EVP_Digest(b.p, b.len, out, NULL, EVP_sha256(), NULL);
 	free(b.p);

@@ -229,7 +229,9 @@ END_TEST
 
 /*
  * The canonical form does not depend on session settings: rows sealed by
- * a session with odd ones verify from a session with the defaults.
+ * a session with odd ones verify from a session with the defaults.  Rows
+ * carry their session's role (v2), a row written before 0034 has none
+ * (v1), and verify checks both forms.
  */
 START_TEST(test_canonical_settings)
 {
@@ -248,7 +250,20 @@ START_TEST(test_canonical_settings)
 	PQclear(th_exec(db.conn, "SELECT eav.audit('test.odd', 'success', "
 	    "'t\u00e9st', NULL, NULL, NULL, '{\"f\": 1.000000000001, "
 	    "\"e\": 1e-7, \"s\": \"\\u00e9\\n\"}')", 0));
+	/* A row as written before 0034, without a role: the v1 form. */
+	PQclear(th_exec(db.conn, "INSERT INTO eav.audit_events (type, "
+	    "outcome, actor, role) VALUES ('test.v1', 'success', 'old', NULL)",
+	    0));
+	write_spaced(db.conn, 2);
 	seal_all(db.conn);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events e WHERE eav.audit_canonical(e) LIKE "
+	    "'eav.audit.v1%' AND type = 'test.v1'", 0), 1);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM "
+	    "eav.audit_events e WHERE eav.audit_canonical(e) LIKE "
+	    "'eav.audit.v2%' AND role = session_user AND "
+	    "eav.audit_canonical(e) LIKE '%' || eav.audit_field(session_user)",
+	    0), 8);
 	plain = th_connect(db.dsn);
 	odd = th_str(db.conn, canon_sql, 0);
 	def = th_str(plain, canon_sql, 0);
@@ -296,6 +311,12 @@ static const struct tamper tampers[] = {
 	    "outcome, actor) VALUES ((SELECT id - 1 FROM eav.audit_chain "
 	    "WHERE seq = 10), 'step.succeeded', 'success', 'mallory')",
 	    0, 3, 3, 10 },
+	{ "(g) role edited", "UPDATE eav.audit_events SET role = "
+	    "'eav_operator' WHERE id = (SELECT id FROM eav.audit_chain WHERE "
+	    "seq = 10)", 0, 3, 3, 10 },
+	{ "(g') role removed (made to look v1)", "UPDATE eav.audit_events SET "
+	    "role = NULL WHERE id = (SELECT id FROM eav.audit_chain WHERE "
+	    "seq = 10)", 0, 3, 3, 10 },
 	{ "(f) edited, chain recomputed", "DO $$ BEGIN "
 	    "UPDATE eav.audit_events SET payload = '{}' WHERE id = (SELECT id "
 	    "FROM eav.audit_chain WHERE seq = 10); "

@@ -615,6 +615,11 @@ four_eyes_by_session(PGconn *c)
 	PQclear(th_exec(c, "SELECT eav.approval_approve($1::bigint, "
 	    "'operator:bob')", 1, a));
 	PQclear(th_exec(c, "RESET SESSION AUTHORIZATION", 0));
+	/* The audit says which login wrote each row, whatever its actor. */
+	ck_assert_int_eq(th_ll(c, "SELECT count(*) FROM eav.audit_events "
+	    "WHERE task_id = $1::bigint AND (type, role) IN (('task.enqueued', "
+	    "'eav_test_alice'), ('approval.approved', 'eav_test_bob'))", 1, t),
+	    2);
 	free(a);
 	free(t);
 }

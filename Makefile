@@ -52,6 +52,7 @@ COMMON_SRCS =	common/clock.c \
 		common/spawn.c \
 		common/toolproc.c \
 		common/procrun.c \
+		common/tls.c \
 		common/xalloc.c \
 		inject/inject.c \
 		inject/inject_db.c
@@ -68,7 +69,6 @@ WORKER_SRCS =	worker/main.c \
 		worker/tools.c \
 		worker/tool_exec.c \
 		worker/tool_http.c \
-		worker/tls.c \
 		worker/tool_mcp.c \
 		worker/jscan.c
 PRODUCER_SRCS =	producer/main.c \

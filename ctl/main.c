@@ -18,9 +18,9 @@
 
 static const struct ctl_cmd cmds[] = {
 	{ "migrate", cmd_migrate, "migrate" },
-	{ "enqueue", cmd_enqueue, "enqueue [-A] [-q queue] [-k kind] [-t run_at] "
-	    "{[-m max_attempts] [-i idempotency_key] tool [input] | "
-	    "-s steps_json}" },
+	{ "enqueue", cmd_enqueue, "enqueue [-A] [-q queue] [-k kind] "
+	    "[-t run_at] {[-m max_attempts] [-i idempotency_key] tool "
+	    "[input] | -s steps_json}" },
 	{ "tasks", cmd_tasks, "tasks [-s state] [-q queue] [-n limit]" },
 	{ "show", cmd_show, "show task_id" },
 	{ "retry", cmd_retry, "retry task_id" },

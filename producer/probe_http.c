@@ -1,10 +1,12 @@
 /*
  * The http watcher probe: one GET on the producer's event loop (libevent
- * evhttp, plain http).  The condition holds when the answer has the
+ * evhttp; https through common/tls.c, the server always verified, as the
+ * http tool does it).  The condition holds when the answer has the
  * config's expect_status and, if body_match is set, a body that contains
  * it; any other answer does not hold.  No answer at all (refused, reset,
- * a body over max_output_bytes, or nothing within the time-out) is a
- * tick error with the reason.
+ * a body over max_output_bytes, nothing within the time-out, a
+ * certificate that does not verify or a failed handshake) is a tick
+ * error with the reason.
  *
  * evhttp frees a request after its callback and must not see its
  * connection freed inside one: the probe's state is its own allocation,
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -26,6 +29,7 @@
 #include "compat.h"
 #include "log.h"
 #include "producer.h"
+#include "tls.h"
 #include "xalloc.h"
 
 #define PROBE_HTTP_OUTPUT_MAX	1048576
@@ -38,6 +42,8 @@ struct http_probe {
 	struct event			*timer;
 	enum evhttp_request_error	 error;
 	int				 failed;
+	int				 tls;
+	int				 verify_error;	/* tls.c's slot */
 };
 
 TAILQ_HEAD(http_probes, http_probe);
@@ -56,6 +62,8 @@ static void	probe_http_timer_cb(evutil_socket_t, short, void *);
 static void	probe_http_answer(struct http_probe *,
 		    struct evhttp_request *);
 static const char *probe_http_error_name(enum evhttp_request_error);
+static const char *probe_http_tls_error(struct http_probe *, char *,
+		    size_t);
 
 /*
  * The connection for url, the request target (*target, caller frees)
@@ -66,8 +74,9 @@ probe_http_conn(struct http_probe *h, const char *url, char *err,
     size_t len, char **target, char *hostport, size_t hplen)
 {
 	struct evhttp_uri	*uri;
-	const char		*host, *path, *query;
-	int			 port;
+	struct bufferevent	*bev = NULL;
+	const char		*host, *path, *query, *scheme;
+	int			 port, dflt;
 
 	if (url == NULL || (uri = evhttp_uri_parse(url)) == NULL ||
 	    (host = evhttp_uri_get_host(uri)) == NULL || *host == '\0') {
@@ -76,17 +85,27 @@ probe_http_conn(struct http_probe *h, const char *url, char *err,
 			evhttp_uri_free(uri);
 		return -1;
 	}
-	port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : 80;
-	snprintf(hostport, hplen, port == 80 ? "%s" : "%s:%d", host, port);
+	scheme = evhttp_uri_get_scheme(uri);
+	h->tls = scheme != NULL && strcasecmp(scheme, "https") == 0;
+	dflt = h->tls ? 443 : 80;
+	port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : dflt;
+	snprintf(hostport, hplen, port == dflt ? "%s" : "%s:%d", host, port);
+	if (h->tls && (bev = tls_bufferevent(h->base, host, json_string_value(
+	    json_object_get(h->t->config, "ca_file")), &h->verify_error, err,
+	    len)) == NULL) {
+		evhttp_uri_free(uri);
+		return -1;
+	}
 	path = evhttp_uri_get_path(uri);
 	query = evhttp_uri_get_query(uri);
 	*target = xasprintf("%s%s%s", path != NULL && *path != '\0' ? path :
 	    "/", query != NULL ? "?" : "", query != NULL ? query : "");
-	h->evcon = evhttp_connection_base_new(h->base, h->t->p->dns, host,
-	    (unsigned short)port);
+	/* With bev NULL, evhttp makes a plain socket bufferevent. */
+	h->evcon = evhttp_connection_base_bufferevent_new(h->base,
+	    h->t->p->dns, bev, host, (unsigned short)port);
 	evhttp_uri_free(uri);
 	if (h->evcon == NULL)
-		fatalx("evhttp_connection_base_new failed");
+		fatalx("evhttp_connection_base_bufferevent_new failed");
 	return 0;
 }
 
@@ -183,19 +202,46 @@ probe_http_error_name(enum evhttp_request_error e)
 	}
 }
 
+/*
+ * Why an https probe failed, if TLS said: a certificate that does not
+ * verify, or a handshake that failed.  NULL for plain http, or for a
+ * failure that was not TLS's (refused, time-out).
+ */
+static const char *
+probe_http_tls_error(struct http_probe *h, char *buf, size_t len)
+{
+	const char	*why;
+
+	if (!h->tls)
+		return NULL;
+	if (h->verify_error != 0) {
+		snprintf(buf, len, "TLS: the certificate does not verify: %s",
+		    tls_verify_reason(h->verify_error));
+		return buf;
+	}
+	if ((why = tls_bev_error(evhttp_connection_get_bufferevent(
+	    h->evcon))) == NULL)
+		return NULL;
+	snprintf(buf, len, "TLS handshake failed (%s)", why);
+	return buf;
+}
+
 /* The request ended: an answer, or a failure (req NULL or no status). */
 static void
 probe_http_done_cb(struct evhttp_request *req, void *arg)
 {
 	struct http_probe	*h = arg;
-	char			 err[256];
+	char			 err[600];
 
 	if (h->t == NULL)
 		return;
 	if (req == NULL || h->failed ||
 	    evhttp_request_get_response_code(req) == 0) {
-		snprintf(err, sizeof(err), "GET %s: %s",
+		char	tls[256];
+
+		snprintf(err, sizeof(err), "GET %.300s: %s",
 		    json_string_value(json_object_get(h->t->config, "url")),
+		    probe_http_tls_error(h, tls, sizeof(tls)) != NULL ? tls :
 		    h->failed ? probe_http_error_name(h->error) :
 		    "connection failed (refused, reset or unreachable)");
 		probe_http_end(h, "error", NULL, err);

@@ -29,6 +29,7 @@
 #include "clock.h"
 #include "log.h"
 #include "producer.h"
+#include "tls.h"
 #include "toolproc.h"
 #include "xalloc.h"
 
@@ -263,6 +264,7 @@ watcher_free(struct producer *p)
 	if (killed > 0)
 		watcher_release(p);
 	probe_http_free_all();
+	tls_free();
 	if (p->dns != NULL)
 		evdns_base_free(p->dns, 0);
 	p->dns = NULL;

@@ -499,7 +499,8 @@ START_TEST(test_approvals_by_task_and_rule)
 	ck_assert_msg(strstr(err, "22023") && strstr(err,
 	    "\"requires_approval\" must be"), "%s", err);
 	err = th_err(db.conn, "SELECT eav.task_enqueue('default', 'k', "
-	    "'[{\"tool\": \"noop\", \"requires_approval\": {\"ttl\": 1}}]')", 0);
+	    "'[{\"tool\": \"noop\", \"requires_approval\": "
+	    "{\"ttl\": 1}}]')", 0);
 	ck_assert_msg(strstr(err, "unknown field \"ttl\""), "%s", err);
 	ck_assert_int_eq(th_ll(db.conn, "SELECT count(*) FROM eav.tasks", 0),
 	    0);

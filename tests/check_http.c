@@ -48,25 +48,6 @@ struct far {
 	char	portfile[256];
 };
 
-/* A throwaway CA and two server certificates it signed, per test. */
-struct certs {
-	char	dir[256];
-	char	cnf[300];
-	char	ca[300], ca_key[300];
-	char	good[300], good_key[300];	/* localhost, 127.0.0.1, ::1 */
-	char	wrong[300], wrong_key[300];	/* wrong.example only */
-};
-
-/* openssl req's config: the extensions of a CA and of the two servers. */
-static const char certs_cnf[] =
-    "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = eav test\n"
-    "[ca]\nbasicConstraints = critical,CA:TRUE\n"
-    "keyUsage = critical,keyCertSign,cRLSign\n"
-    "subjectKeyIdentifier = hash\n"
-    "[good]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n"
-    "subjectAltName = DNS:localhost,IP:127.0.0.1,IP:::1\n"
-    "[wrong]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n"
-    "subjectAltName = DNS:wrong.example\n";
 
 static const char register_sql[] =
     "SELECT eav.tool_register($1, 'http', $2::jsonb, $3::boolean, $4::int)";
@@ -282,56 +263,6 @@ reg_tls(PGconn *c, const struct far *f, const char *host, const char *name,
 
 	snprintf(url, sizeof(url), "https://%s:%d/%s", host, f->port, name);
 	reg_url(c, name, url, idempotent, timeout_ms, extra);
-}
-
-/*
- * One certificate of subject CN=cn with extensions ext of the config, and
- * its new key: signed by the CA, or self-signed (the CA itself).
- */
-static void
-certs_one(struct certs *k, char *ext, char *cn, char *cert, char *key,
-    int by_ca)
-{
-	char	 log[300], subj[64];
-	char	*argv[] = { "/usr/bin/openssl", "req", "-x509", "-config",
-	    k->cnf, "-extensions", ext, "-subj", subj, "-newkey", "ec",
-	    "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
-	    "-out", cert, "-days", "2", "-CA", k->ca, "-CAkey", k->ca_key,
-	    NULL };
-	int	 status;
-
-	snprintf(subj, sizeof(subj), "/CN=%s", cn);
-	if (!by_ca)
-		argv[20] = NULL;	/* "-CA" */
-	snprintf(log, sizeof(log), "%s/openssl.log", k->dir);
-	status = th_run(argv, log);
-	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-	    "openssl req -extensions %s failed (see %s)", ext, log);
-}
-
-/* Makes the test's CA and certificates with the openssl program. */
-static void
-certs_make(struct certs *k)
-{
-	FILE	*fp;
-
-	snprintf(k->dir, sizeof(k->dir), "%s/tls.%d", th_tmpdir(),
-	    (int)getpid());
-	ck_assert_msg(mkdir(k->dir, 0700) == 0 || errno == EEXIST, "%s: %s",
-	    k->dir, strerror(errno));
-	snprintf(k->cnf, sizeof(k->cnf), "%s/openssl.cnf", k->dir);
-	snprintf(k->ca, sizeof(k->ca), "%s/ca.pem", k->dir);
-	snprintf(k->ca_key, sizeof(k->ca_key), "%s/ca.key", k->dir);
-	snprintf(k->good, sizeof(k->good), "%s/good.pem", k->dir);
-	snprintf(k->good_key, sizeof(k->good_key), "%s/good.key", k->dir);
-	snprintf(k->wrong, sizeof(k->wrong), "%s/wrong.pem", k->dir);
-	snprintf(k->wrong_key, sizeof(k->wrong_key), "%s/wrong.key", k->dir);
-	ck_assert_ptr_nonnull(fp = fopen(k->cnf, "w"));
-	ck_assert_int_eq(fputs(certs_cnf, fp) >= 0, 1);
-	ck_assert_int_eq(fclose(fp), 0);
-	certs_one(k, "ca", "eav test CA", k->ca, k->ca_key, 0);
-	certs_one(k, "good", "localhost", k->good, k->good_key, 1);
-	certs_one(k, "wrong", "wrong.example", k->wrong, k->wrong_key, 1);
 }
 
 static void
@@ -882,9 +813,9 @@ END_TEST
  */
 static void
 setup_tls(struct th_db *db, struct th_eavd *e, struct far *f,
-    struct certs *k, const char *node)
+    struct th_certs *k, const char *node)
 {
-	certs_make(k);
+	th_certs_make(k);
 	th_far_db(db);
 	far_start_tls(f, k->good, k->good_key);
 	th_far_conf(e, db, node, 1, 4);
@@ -903,7 +834,7 @@ START_TEST(test_https_calls)
 	struct th_db	 db;
 	struct th_eavd	 e;
 	struct far	 f;
-	struct certs	 k;
+	struct th_certs	 k;
 	const char	*ok, *ip, *lost, *hang;
 	char		 ca[400], addr[64], cut[24];
 
@@ -995,7 +926,7 @@ START_TEST(test_https_bad_certificate)
 	struct th_db	 db;
 	struct th_eavd	 e;
 	struct far	 f, w;
-	struct certs	 k;
+	struct th_certs	 k;
 	char		 ca[400], nofile[400], notpem[400], rotcfg[400];
 	char		 rot[300], addr[64], step[6][24];
 	size_t		 i;

@@ -77,13 +77,17 @@ static const struct {
 	{ "w", "http", "{}", "5000", "100", "3",
 	    "\"url\" is missing or not a string" },
 	{ "w", "http", "{\"url\": \"ftp://example.org/\"}", "5000", "100", "3",
-	    "\"url\" must be http://host[:port][/path]" },
+	    "\"url\" must be http[s]://host[:port][/path]" },
 	{ "w", "http", "{\"url\": \"not a url\"}", "5000", "100", "3",
-	    "\"url\" must be http://host[:port][/path]" },
+	    "\"url\" must be http[s]://host[:port][/path]" },
 	{ "w", "http", "{\"url\": \"http://u:p@example.org/\"}", "5000",
-	    "100", "3", "\"url\" must be http://host[:port][/path]" },
-	{ "w", "http", "{\"url\": \"https://example.org/\"}", "5000", "100",
-	    "3", "https is not supported by watchers" },
+	    "100", "3", "\"url\" must be http[s]://host[:port][/path]" },
+	{ "w", "http", "{\"url\": \"http://example.org/\", \"ca_file\": "
+	    "\"/etc/ca.pem\"}", "5000", "100", "3",
+	    "\"ca_file\" applies to https URLs only" },
+	{ "w", "http", "{\"url\": \"https://example.org/\", \"ca_file\": "
+	    "\"ca.pem\"}", "5000", "100", "3",
+	    "\"ca_file\" must be the absolute path" },
 	{ "w", "http", "{\"url\": \"http://example.org:0/\"}", "5000", "100",
 	    "3", "port out of range" },
 	{ "w", "http", "{\"url\": \"http://x/\", \"expect_status\": 700}",
@@ -107,6 +111,8 @@ static void	assert_one_event_per_tick(PGconn *, const char *);
 static pid_t	ticker_start(const char *, const char *, int);
 static int	ticker_wait(pid_t);
 static pid_t	actor_pid(const char *);
+static pid_t	far_httpd(const struct th_db *, char *, size_t, char *,
+		    char *, int *);
 static void	sleep_arg(char *, size_t);
 static void	assert_text(PGconn *, const char *, const char *, const char *);
 
@@ -578,39 +584,56 @@ END_TEST
  * match) holds, another status does not; the target down is a tick
  * error with the reason.
  */
+/*
+ * Starts tests/far/httpd on 127.0.0.1 (serving https with cert and key
+ * unless they are NULL) and reads its port from portfile.
+ */
+static pid_t
+far_httpd(const struct th_db *db, char *portfile, size_t len, char *cert,
+    char *key, int *port)
+{
+	char		*argv[] = { th_bin("httpd"), "-p", portfile, "-b",
+			    "127.0.0.1", "--quiet", "--tls", cert, key, NULL };
+	long long	 deadline = th_now_ms() + DEADLINE_MS;
+	char		 buf[32];
+	FILE		*fp;
+	pid_t		 pid;
+
+	if (cert == NULL)
+		argv[6] = NULL;
+	snprintf(portfile, len, "%s/%s.port", th_tmpdir(), db->name);
+	unlink(portfile);
+	pid = fork();
+	ck_assert_int_ne(pid, -1);
+	if (pid == 0) {
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	*port = 0;
+	while (*port == 0) {
+		ck_assert_msg(th_now_ms() < deadline, "httpd did not start");
+		if ((fp = fopen(portfile, "r")) != NULL) {
+			if (fgets(buf, sizeof(buf), fp) != NULL)
+				*port = atoi(buf);
+			fclose(fp);
+		}
+		if (*port == 0)
+			th_pause_ms(5);
+	}
+	return pid;
+}
+
 /* FM-097 */
 START_TEST(test_http_probes)
 {
 	struct th_db	 db;
 	struct th_eavd	 e;
-	char		 portfile[256], buf[32], url[128], cfg[512];
-	char		*argv[] = { th_bin("httpd"), "-p", portfile, "-b",
-			    "127.0.0.1", "--quiet", NULL };
-	long long	 deadline = th_now_ms() + DEADLINE_MS;
+	char		 portfile[256], url[128], cfg[512];
 	pid_t		 far;
-	FILE		*fp;
-	int		 port = 0;
+	int		 port;
 
 	th_db_new(&db);
-	snprintf(portfile, sizeof(portfile), "%s/%s.port", th_tmpdir(),
-	    db.name);
-	unlink(portfile);
-	far = fork();
-	ck_assert_int_ne(far, -1);
-	if (far == 0) {
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	while (port == 0) {
-		ck_assert_msg(th_now_ms() < deadline, "httpd did not start");
-		if ((fp = fopen(portfile, "r")) != NULL) {
-			if (fgets(buf, sizeof(buf), fp) != NULL)
-				port = atoi(buf);
-			fclose(fp);
-		}
-		if (port == 0)
-			th_pause_ms(5);
-	}
+	far = far_httpd(&db, portfile, sizeof(portfile), NULL, NULL, &port);
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/health", port);
 	th_eavd_conf(&e, &db, EAVD_CONF);
 	th_eavd_up(&e, db.conn, 1);
@@ -638,6 +661,55 @@ START_TEST(test_http_probes)
 	ck_assert_int_ge(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
 	    " WHERE type = 'watcher.tick_error' AND payload->>'watcher' = 'up' "
 	    "AND payload->>'reason' LIKE 'GET ' || $1 || ': %'", 1, url), 2);
+	unlink(portfile);
+	th_db_free(&db);
+}
+END_TEST
+
+/*
+ * https probes (0035): a server whose certificate chains to the ca_file
+ * holds; the same server without ca_file (the system's CAs do not know
+ * the test's CA) is a tick error saying the certificate does not verify,
+ * and the probe's request is never answered.
+ */
+/* FM-097 */
+START_TEST(test_https_probes)
+{
+	struct th_db	 db;
+	struct th_eavd	 e;
+	struct th_certs	 k;
+	char		 portfile[256], url[128], cfg[1024];
+	pid_t		 far;
+	int		 port;
+
+	th_db_new(&db);
+	th_certs_make(&k);
+	far = far_httpd(&db, portfile, sizeof(portfile), k.good, k.good_key,
+	    &port);
+	snprintf(url, sizeof(url), "https://127.0.0.1:%d/health", port);
+	th_eavd_conf(&e, &db, EAVD_CONF);
+	th_eavd_up(&e, db.conn, 1);
+	snprintf(cfg, sizeof(cfg), "{\"url\": \"%s\", \"ca_file\": \"%s\"}",
+	    url, k.ca);
+	add_watcher(db.conn, "trusted", "http", cfg, 1000, 500, 100);
+	snprintf(cfg, sizeof(cfg), "{\"url\": \"%s\"}", url);
+	add_watcher(db.conn, "untrusted", "http", cfg, 1000, 500, 100);
+	ck_assert_msg(th_wait(db.conn, DEADLINE_MS, "SELECT bool_and(ticks >= "
+	    "2) FROM eav.watchers", 0), "too few ticks; see %s", e.log);
+	th_eavd_stop_ok(&e);
+	ck_assert_int_ge(th_ll(db.conn, "SELECT fires FROM eav.watchers WHERE "
+	    "name = 'trusted'", 0), 2);
+	ck_assert_int_ge(th_ll(db.conn, "SELECT count(*) FROM eav.inbox WHERE "
+	    "source = 'watcher:trusted' AND (body::jsonb->>'status')::int = "
+	    "200 AND body::jsonb->>'url' = $1", 1, url), 2);
+	ck_assert_int_eq(th_ll(db.conn, "SELECT fires FROM eav.watchers WHERE "
+	    "name = 'untrusted'", 0), 0);
+	ck_assert_int_ge(th_ll(db.conn, "SELECT count(*) FROM eav.audit_events"
+	    " WHERE type = 'watcher.tick_error' AND payload->>'watcher' = "
+	    "'untrusted' AND payload->>'reason' LIKE 'GET ' || $1 || ': TLS: "
+	    "the certificate does not verify: %'", 1, url), 2);
+	ck_assert_int_eq(kill(far, SIGTERM), 0);
+	ck_assert_int_ne(th_waitpid(far, DEADLINE_MS), -1);
 	unlink(portfile);
 	th_db_free(&db);
 }
@@ -779,6 +851,7 @@ suite_watcher(void)
 	tcase_add_test(live, test_probe_timeout);
 	tcase_add_test(live, test_disabled_then_enabled);
 	tcase_add_test(live, test_http_probes);
+	tcase_add_test(live, test_https_probes);
 	tcase_add_test(live, test_producer_killed_mid_probe);
 	tcase_add_test(live, test_stop_releases_lease);
 	tcase_set_timeout(live, 120);

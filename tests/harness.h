@@ -118,6 +118,18 @@ int		 th_child_of(pid_t, pid_t);
 int		 th_pick_call(PGconn *, pid_t, const char *, const char *,
 		    struct th_call *);
 
+/* https far sides (tooltest.c): th_certs_make writes them with openssl. */
+/* A throwaway CA and two server certificates it signed, per test. */
+struct th_certs {
+	char	dir[256];
+	char	cnf[300];
+	char	ca[300], ca_key[300];
+	char	good[300], good_key[300];	/* localhost, 127.0.0.1, ::1 */
+	char	wrong[300], wrong_key[300];	/* wrong.example only */
+};
+
+void		 th_certs_make(struct th_certs *);
+
 /*
  * One Suite per file.  Weak, so a runner can be linked with a subset of
  * the files (make TEST_SRCS=...); a missing suite is skipped.

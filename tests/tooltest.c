@@ -1,10 +1,13 @@
 /*
- * Helpers of the suites that run tools against a far side (exec, mcp):
- * the far side's tables and eavd's config, steps and their states, and
- * the processes a tool left (/proc), for checks that nothing survives.
+ * Helpers of the suites that run tools against a far side (exec, mcp,
+ * http, watchers): the far side's tables and eavd's config, steps and
+ * their states, the processes a tool left (/proc), for checks that
+ * nothing survives, and a throwaway CA for https far sides.
  * See harness.h.
  */
 #include <sys/types.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -23,6 +26,8 @@
 #define TH_PF_EXITING	0x00000004	/* the kernel's PF_EXITING */
 
 static int	th_doomed(pid_t);
+static void	th_certs_one(struct th_certs *, char *, char *, char *, char *,
+		    int);
 
 /* The recorder's tables, in the test's database. */
 static const char far_deliveries_sql[] =
@@ -384,4 +389,65 @@ th_pick_call(PGconn *c, pid_t eavd, const char *tool, const char *min_ms,
 	}
 	PQclear(res);
 	return found;
+}
+
+/* openssl req's config: the extensions of a CA and of the two servers. */
+static const char certs_cnf[] =
+    "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = eav test\n"
+    "[ca]\nbasicConstraints = critical,CA:TRUE\n"
+    "keyUsage = critical,keyCertSign,cRLSign\n"
+    "subjectKeyIdentifier = hash\n"
+    "[good]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n"
+    "subjectAltName = DNS:localhost,IP:127.0.0.1,IP:::1\n"
+    "[wrong]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n"
+    "subjectAltName = DNS:wrong.example\n";
+
+/*
+ * One certificate of subject CN=cn with extensions ext of the config, and
+ * its new key: signed by the CA, or self-signed (the CA itself).
+ */
+static void
+th_certs_one(struct th_certs *k, char *ext, char *cn, char *cert, char *key,
+    int by_ca)
+{
+	char	 log[300], subj[64];
+	char	*argv[] = { "/usr/bin/openssl", "req", "-x509", "-config",
+	    k->cnf, "-extensions", ext, "-subj", subj, "-newkey", "ec",
+	    "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+	    "-out", cert, "-days", "2", "-CA", k->ca, "-CAkey", k->ca_key,
+	    NULL };
+	int	 status;
+
+	snprintf(subj, sizeof(subj), "/CN=%s", cn);
+	if (!by_ca)
+		argv[20] = NULL;	/* "-CA" */
+	snprintf(log, sizeof(log), "%s/openssl.log", k->dir);
+	status = th_run(argv, log);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	    "openssl req -extensions %s failed (see %s)", ext, log);
+}
+
+/* Makes the test's CA and certificates with the openssl program. */
+void
+th_certs_make(struct th_certs *k)
+{
+	FILE	*fp;
+
+	snprintf(k->dir, sizeof(k->dir), "%s/tls.%d", th_tmpdir(),
+	    (int)getpid());
+	ck_assert_msg(mkdir(k->dir, 0700) == 0 || errno == EEXIST, "%s: %s",
+	    k->dir, strerror(errno));
+	snprintf(k->cnf, sizeof(k->cnf), "%s/openssl.cnf", k->dir);
+	snprintf(k->ca, sizeof(k->ca), "%s/ca.pem", k->dir);
+	snprintf(k->ca_key, sizeof(k->ca_key), "%s/ca.key", k->dir);
+	snprintf(k->good, sizeof(k->good), "%s/good.pem", k->dir);
+	snprintf(k->good_key, sizeof(k->good_key), "%s/good.key", k->dir);
+	snprintf(k->wrong, sizeof(k->wrong), "%s/wrong.pem", k->dir);
+	snprintf(k->wrong_key, sizeof(k->wrong_key), "%s/wrong.key", k->dir);
+	ck_assert_ptr_nonnull(fp = fopen(k->cnf, "w"));
+	ck_assert_int_eq(fputs(certs_cnf, fp) >= 0, 1);
+	ck_assert_int_eq(fclose(fp), 0);
+	th_certs_one(k, "ca", "eav test CA", k->ca, k->ca_key, 0);
+	th_certs_one(k, "good", "localhost", k->good, k->good_key, 1);
+	th_certs_one(k, "wrong", "wrong.example", k->wrong, k->wrong_key, 1);
 }

@@ -24,6 +24,7 @@
 #include "inject_db.h"
 #include "log.h"
 #include "toolproc.h"
+#include "tls.h"
 #include "worker.h"
 #include "xalloc.h"
 

@@ -51,6 +51,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "tls.h"
 #include "worker.h"
 #include "xalloc.h"
 

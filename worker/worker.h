@@ -122,13 +122,6 @@ int	exec_running(void);
 void	http_start(struct worker *, struct step *);
 int	http_running(void);
 
-/* tls.c */
-struct bufferevent *tls_bufferevent(struct event_base *, const char *,
-	    const char *, int *, char *, size_t);
-const char *tls_verify_reason(int);
-const char *tls_bev_error(struct bufferevent *);
-void	tls_free(void);
-
 /* tool_mcp.c */
 void	mcp_start(struct worker *, struct step *);
 int	mcp_cancel(struct step *);

@@ -1,7 +1,8 @@
 /*
- * TLS for the http tool: one client SSL_CTX per worker, made on the first
- * https call and freed at exit, and one SSL per call, inside the
- * bufferevent that evhttp uses for the call's connection.
+ * TLS clients for the http tool and https watcher probes: one client
+ * SSL_CTX per process (a worker, the producer), made on the first
+ * https connection and freed at exit, and one SSL per connection, inside the
+ * bufferevent that evhttp uses for it.
  *
  * The far side is always verified, and nothing in a tool's config turns
  * that off: its chain against the system's CA certificates, or, when the
@@ -36,7 +37,7 @@
 #include <openssl/x509v3.h>
 
 #include "log.h"
-#include "worker.h"
+#include "tls.h"
 #include "xalloc.h"
 
 #define TLS_NAME_MAX	255	/* the longest SNI host name */
